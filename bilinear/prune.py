@@ -1,0 +1,273 @@
+"""Certified pruning of a component expansion: keep the largest terms, bound what was dropped.
+
+Error metric: the worst case over every token sequence of length ≤ n_ctx and every position t of the
+ℓ2 norm of the dropped terms' sum, sup_{x, t} ‖Σ_{dropped} term_t(x)‖₂ (in logit space by default).
+The certificate is Σ_{dropped} b_i, with b_i ≥ sup_{x,t} ‖term_i,t(x)‖₂ (triangle inequality).
+
+Per-term bounds b_i, tightest first (THEORY.md §5 lists the options; norm products alone can be
+vacuous, compare Gross et al. 2024, arXiv 2406.11779):
+
+* the embedding term and MLP terms whose two slots are the embedding depend on (x_t, t) only: exact
+  maxima over the finite table of V·n_ctx embedding vectors;
+* head terms whose three slots are the embedding: exact per-position table,
+  b = max_{t, x_t} n(t)·[Σ_{s<t} max_{x_s} |e_tᵀ QK e_s|·‖M OV e_s‖ + |e_tᵀ QK e_t|·‖M OV e_t‖];
+* otherwise a product of per-slot suprema, each exact where the slot is the embedding and otherwise
+  ‖M‖₂·R_c, where R_c ≥ sup ‖out_c‖ is itself certified recursively, layer by layer, as the sum of the
+  bounds of component c's own terms. For MLP terms ‖u ⊙ v‖₂ ≤ min(‖u‖₂‖v‖_∞, ‖u‖_∞‖v‖₂).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .expand import ComponentExpansion, _as_index, _readout
+from .layers import position_normaliser
+
+__all__ = ["TermBounds", "PruneResult", "term_bounds", "prune", "worst_case_error"]
+
+_TABLE_LIMIT = 20_000_000  # entries of the (n_ctx·V)² exact table before falling back to norm products
+
+
+@dataclass(frozen=True)
+class TermBounds:
+    """Certified bounds b_i ≥ sup_{x, t} ‖term_i,t(x)‖₂ over all token sequences.
+
+    Attributes:
+        values: (num_terms,) float64 bounds, in the expansion's term order.
+        exact: (num_terms,) bool, True where the bound is an exact maximum (attained by some input).
+        component_bounds: R_c ≥ sup ‖out_c‖₂ in the residual stream, per component name.
+        readout: the readout the bounds refer to ("logits", "residual" or "matrix").
+    """
+
+    values: Tensor
+    exact: Tensor
+    component_bounds: dict = field(repr=False)
+    readout: str = "logits"
+
+
+def _spec(M: Tensor) -> float:
+    return float(torch.linalg.matrix_norm(M, ord=2)) if M.numel() else 0.0
+
+
+def term_bounds(expansion: ComponentExpansion, *, readout="logits") -> TermBounds:
+    """Certified per-term worst-case norms of a :class:`~bilinear.expand.ComponentExpansion`.
+
+    See the module docstring for the bounds used. Computed in float64 whatever the model dtype.
+
+    Raises:
+        TypeError: ``expansion`` is not a ComponentExpansion.
+    """
+    if not isinstance(expansion, ComponentExpansion):
+        raise TypeError(f"term_bounds needs a ComponentExpansion (expand(model)), got {type(expansion).__name__}")
+    model, cfg = expansion.model, expansion.config
+    with torch.no_grad():
+        dev = model.W_E.device
+        f64 = dict(dtype=torch.float64, device=dev)
+        WE = model.W_E.detach().to(**f64)
+        X0 = WE[None].expand(cfg.n_ctx, -1, -1)  # (n_ctx, V, d_model): embedding of token x at t
+        if model.W_pos is not None:
+            X0 = X0 + model.W_pos.detach().to(**f64)[:, None, :]
+        Rout = _readout(model, readout, torch.float64, dev)
+        nvec = position_normaliser(cfg.n_ctx, cfg.normaliser, **f64)  # (n_ctx,)
+        tpos = torch.arange(cfg.n_ctx, device=dev)
+        causal = (tpos[None, :] <= tpos[:, None]).to(torch.float64)  # (t, s)
+        pos_factor = float((nvec * (tpos + 1)).max())  # max_t n(t)·(t+1)
+        table_ok = (cfg.n_ctx * cfg.vocab_size) ** 2 <= _TABLE_LIMIT
+        comps = expansion._comps
+        R: list[float] = [float(X0.norm(dim=-1).max())]
+
+        def sup_norm(ci: int, M: Tensor, spec: float | None = None) -> float:  # ≥ sup ‖M out_ci‖₂
+            if ci == 0:
+                return float((X0 @ M.T).norm(dim=-1).max())
+            return (_spec(M) if spec is None else spec) * R[ci]
+
+        def sup_inf(ci: int, M: Tensor) -> float:  # ≥ sup ‖M out_ci‖_∞
+            if ci == 0:
+                return float((X0 @ M.T).abs().max())
+            return float(M.norm(dim=1).max()) * R[ci]
+
+        def head_consts(layer: int, h: int, M: Tensor | None) -> dict:
+            """Everything a head's term bounds need, computed once per head and readout."""
+            attn = model.blocks[layer].attn
+            WQ, WK = attn.W_Q[h].detach().to(**f64), attn.W_K[h].detach().to(**f64)
+            MOV = _mat(M, attn.W_O[h].detach().to(**f64)) @ attn.W_V[h].detach().to(**f64)  # (out, d_model)
+            QK = WQ.T @ WK  # (d_model, d_model)
+            k = dict(QK=QK, MOV=MOV, spec_qk=_spec(QK), spec_mov=_spec(MOV),
+                     qkT_emb=sup_norm(0, QK.T), qk_emb=sup_norm(0, QK), mov_emb=sup_norm(0, MOV))
+            k["ee"] = None
+            if table_ok:
+                s = (X0 @ QK @ X0.reshape(-1, X0.shape[-1]).T).abs()  # (n_ctx, V, n_ctx·V)
+                s = s.reshape(cfg.n_ctx, cfg.vocab_size, cfg.n_ctx, cfg.vocab_size)  # (t, x, s, y)
+                k["sqk_ee"] = float((s * causal[:, None, :, None]).max())
+                w = (X0 @ MOV.T).norm(dim=-1)  # (s, y)
+                A = s * w[None, None]  # (t, x, s, y)
+                strict = (tpos[None, :] < tpos[:, None]).to(torch.float64)  # (t, s): s < t
+                off = (A.amax(dim=3) * strict[:, None, :]).sum(dim=2)  # (t, x)
+                diag = A[tpos, :, tpos, :].diagonal(dim1=1, dim2=2)  # (t, x): s = t, y = x
+                k["ee"] = float(((off + diag) * nvec[:, None]).max())
+            return k
+
+        def head_bound(k: dict, a: int, b: int, c: int) -> float:
+            if a == b == c == 0 and k["ee"] is not None:
+                return k["ee"]
+            if a == b == 0 and k["ee"] is not None:
+                sqk = k["sqk_ee"]
+            else:
+                left = (k["qkT_emb"] if a == 0 else k["spec_qk"] * R[a]) * R[b]
+                right = R[a] * (k["qk_emb"] if b == 0 else k["spec_qk"] * R[b])
+                sqk = min(left, right)
+            return pos_factor * sqk * (k["mov_emb"] if c == 0 else k["spec_mov"] * R[c])
+
+        def mlp_consts(layer: int, M: Tensor | None) -> dict:
+            mlp = model.blocks[layer].mlp
+            W, V = mlp.W.detach().to(**f64), mlp.V.detach().to(**f64)
+            MP = _mat(M, mlp.P.detach().to(**f64))  # (out, d_mlp)
+            y = ((X0 @ W.T) * (X0 @ V.T)) @ MP.T  # (n_ctx, V, out): the (emb, emb) term, exact
+            return dict(spec_mp=_spec(MP), ee=float(y.norm(dim=-1).max()),
+                        W2=[sup_norm(0, W), _spec(W)], Winf=[sup_inf(0, W), float(W.norm(dim=1).max())],
+                        V2=[sup_norm(0, V), _spec(V)], Vinf=[sup_inf(0, V), float(V.norm(dim=1).max())])
+
+        def mlp_bound(k: dict, a: int, b: int) -> float:
+            if a == b == 0:
+                return k["ee"]
+
+            def s(key, ci):  # sup of ‖·‖ of W or V applied to out_ci
+                return k[key][0] if ci == 0 else k[key][1] * R[ci]
+
+            one = min(s("W2", a) * s("Vinf", b), s("Winf", a) * s("V2", b))
+            if a != b:
+                one += min(s("W2", b) * s("Vinf", a), s("Winf", b) * s("V2", a))
+            return k["spec_mp"] * one
+
+        values = [0.0] * len(expansion)
+        exact = [False] * len(expansion)
+        values[0], exact[0] = float(_apply_rows(Rout, X0).norm(dim=-1).max()), True
+        for ci, start, end in expansion._groups[1:]:
+            c = comps[ci]
+            if c.kind == "head":
+                kr, ko = head_consts(c.layer, c.head, None), head_consts(c.layer, c.head, Rout)
+            else:
+                kr, ko = mlp_consts(c.layer, None), mlp_consts(c.layer, Rout)
+            total = 0.0
+            for ti in range(start, end):
+                idx = [expansion._comp_index[s] for s in expansion.terms[ti].sources]
+                if c.kind == "head":
+                    total += head_bound(kr, *idx)
+                    values[ti] = head_bound(ko, *idx)
+                else:
+                    total += mlp_bound(kr, *idx)
+                    values[ti] = mlp_bound(ko, *idx)
+                    exact[ti] = idx[0] == idx[1] == 0
+            R.append(total)
+    name = readout if isinstance(readout, str) else "matrix"
+    return TermBounds(
+        values=torch.tensor(values, dtype=torch.float64),
+        exact=torch.tensor(exact),
+        component_bounds={c.name: R[i] for i, c in enumerate(comps)},
+        readout=name,
+    )
+
+
+def _mat(M: Tensor | None, X: Tensor) -> Tensor:
+    return X if M is None else M @ X
+
+
+def _apply_rows(M: Tensor | None, X: Tensor) -> Tensor:
+    return X if M is None else X @ M.T
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """A pruned expansion with its certified and measured error.
+
+    Attributes:
+        kept, dropped: term indices (kept sorted by decreasing bound).
+        certified_error: Σ_{dropped} b_i ≥ sup over all sequences and positions of ‖Σ_dropped term‖₂.
+        measured_error: max over the given tokens and positions of ‖Σ_dropped term‖₂ (None: no tokens).
+        num_sequences: number of sequences the measured error was taken over.
+        eps: the requested certified budget (None when ``num_keep`` was given).
+        bounds: the per-term :class:`TermBounds` used.
+    """
+
+    kept: tuple[int, ...]
+    dropped: tuple[int, ...]
+    certified_error: float
+    measured_error: float | None
+    num_sequences: int
+    eps: float | None
+    bounds: TermBounds = field(repr=False)
+
+    @property
+    def keep_mask(self) -> Tensor:
+        mask = torch.zeros(len(self.kept) + len(self.dropped), dtype=torch.bool)
+        mask[list(self.kept)] = True
+        return mask
+
+
+def worst_case_error(expansion: ComponentExpansion, dropped, tokens: Tensor, *, readout="logits") -> float:
+    """max over sequences in ``tokens`` and positions of ‖Σ_{dropped} term_t‖₂ (measured, not certified)."""
+    idx = _as_index(dropped, len(expansion))
+    if idx.numel() == 0:
+        return 0.0
+    err = expansion.evaluate(tokens, idx, readout=readout).sum(0)  # (B, T, out)
+    return float(err.norm(dim=-1).max())
+
+
+def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: int | None = None,
+          tokens: Tensor | None = None, rank_by: str = "bound") -> PruneResult:
+    """Keep the largest terms; drop the rest; certify and measure the error of what was dropped.
+
+    With ``eps``: drop the terms with the smallest bounds b_i as long as Σ_{dropped} b_i ≤ eps (the most
+    terms that fit the budget). With ``num_keep``: keep that many terms, the largest by ``rank_by``:
+    "bound" (certified b_i) or "measured" (max ‖term‖₂ over ``tokens``; the certificate stays valid for
+    every input, only the choice of terms uses the data). The certificate Σ_{dropped} b_i bounds
+    sup_{x, t} ‖logits_t(x) − pruned_t(x)‖₂ over every sequence of length ≤ n_ctx.
+
+    Args:
+        expansion: from ``expand(model)``.
+        eps: certified error budget (≥ 0), or None with ``num_keep``.
+        num_keep: number of terms to keep, or None with ``eps``.
+        tokens: optional (B, T) sequences on which to measure the actual worst error.
+        rank_by: "bound" or "measured" (with ``num_keep`` and ``tokens`` only).
+
+    Raises:
+        ValueError: neither or both of eps / num_keep, a negative value, or rank_by="measured" without
+            tokens / with eps.
+    """
+    if (eps is None) == (num_keep is None):
+        raise ValueError("give exactly one of eps (certified error budget) or num_keep (number of terms)")
+    if eps is not None and not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    if num_keep is not None and not 0 <= num_keep <= len(expansion):
+        raise ValueError(f"num_keep must lie in [0, {len(expansion)}], got {num_keep!r}")
+    if rank_by not in ("bound", "measured"):
+        raise ValueError(f"rank_by must be 'bound' or 'measured', got {rank_by!r}")
+    if rank_by == "measured" and (tokens is None or num_keep is None):
+        raise ValueError("rank_by='measured' needs tokens and num_keep (an eps budget always ranks by bound)")
+    bounds = term_bounds(expansion)
+    values = None
+    if rank_by == "measured":
+        values = expansion.evaluate(tokens)  # (num_terms, B, T, vocab)
+        size = values.norm(dim=-1).flatten(1).amax(dim=1).to(torch.float64).cpu()
+        order = torch.argsort(size, descending=True, stable=True)
+    else:
+        order = torch.argsort(bounds.values, descending=True, stable=True)  # largest first
+    if num_keep is None:
+        tail = torch.cumsum(bounds.values[order].flip(0), 0).flip(0)  # Σ of bounds from position k on
+        fits = (tail <= eps).nonzero()
+        num_keep = int(fits[0]) if fits.numel() else len(expansion)
+    kept, dropped = order[:num_keep], order[num_keep:]
+    certified = float(bounds.values[dropped].sum())
+    if tokens is None:
+        measured = None
+    elif values is not None:
+        measured = float(values[dropped.to(values.device)].sum(0).norm(dim=-1).max()) if len(dropped) else 0.0
+    else:
+        measured = worst_case_error(expansion, dropped, tokens)
+    return PruneResult(
+        kept=tuple(kept.tolist()), dropped=tuple(sorted(dropped.tolist())), certified_error=certified,
+        measured_error=measured, num_sequences=0 if tokens is None else int(tokens.shape[0]), eps=eps,
+        bounds=bounds,
+    )

@@ -1,0 +1,286 @@
+"""Curvature of a loss as matrix-free linear operators on flat parameter vectors.
+
+* :class:`CurvatureOperator` — the base class: a subclass implements only ``_matmat`` (a d×k block of
+  columns to d×k); the base gives ``op @ v`` for vectors and matrices, ``to_dense()``, ``to_scipy()``,
+  ``shape``, ``dtype``, ``device`` and a count of the matrix–vector products used.
+* :class:`HessianOperator` — H = ∇²L(w*), products H·v = d/dt ∇L(w* + t·v) by forward-over-reverse
+  differentiation ``jvp(grad(L))`` (Pearlmutter 1994), vmapped over the columns of a block, with a
+  reverse-over-reverse fallback ``vjp(grad(L))`` for models without forward-mode support.
+* :class:`GaussNewtonOperator` — the generalized Gauss–Newton matrix G = Σ_b (n_b/n)·J_bᵀ·(∇²_z ℓ)·J_b
+  (Schraudolph 2002), computed as jvp → output-space Hessian → vjp without forming J. For the behavioral
+  loss (:func:`estimators.behavioral_loss`) at w* it equals the Hessian: (2/n)·Σ_x J_xᵀJ_x for the MSE
+  version, the Fisher matrix for the KL version (Bushnaq et al. 2024, arXiv 2405.10927, §2.2).
+
+Operators work on the flat vector of :func:`estimators._flat.flatten` (parameters concatenated in
+the order of the params dict). Device and dtype follow the parameters. For a :class:`DataLoss`, products
+are summed over its batches, so data sets that do not fit one batch are handled exactly.
+
+The design follows curvlinops (Dangel, Tatzel, Hennig et al., https://github.com/f-dangel/curvlinops).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import grad, jvp, vjp, vmap
+
+from ._flat import FlatProblem, Params, _unflatten, flatten
+from .model_losses import DataLoss
+
+__all__ = ["CurvatureOperator", "HessianOperator", "GaussNewtonOperator"]
+
+_MODES = ("auto", "forward", "reverse")
+
+
+class CurvatureOperator:
+    """A symmetric d×d linear operator given by its action on blocks of vectors.
+
+    Subclasses implement ``_matmat(V)`` for ``V`` of shape (d, k) with the operator's dtype and device.
+
+    Attributes:
+        shape: (d, d).
+        dtype, device: those of the parameters.
+        num_matvecs: matrix–vector products computed so far (a block of k columns counts k).
+    """
+
+    def __init__(self, dim: int, dtype: torch.dtype, device: torch.device):
+        self.dim = int(dim)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.num_matvecs = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.dim, self.dim)
+
+    def _matmat(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement _matmat(V) for V of shape (d, k)")
+
+    def __matmul__(self, x: Tensor) -> Tensor:
+        """A·x for x of shape (d,) or (d, k); x is moved to the operator's device and dtype."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__} @ x needs a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (1, 2) or x.shape[0] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} has shape {self.shape}; the right operand must have shape ({self.dim},) "
+                f"or ({self.dim}, k), got {tuple(x.shape)}"
+            )
+        X = x.to(device=self.device, dtype=self.dtype)
+        X = X[:, None] if x.dim() == 1 else X
+        self.num_matvecs += X.shape[1]
+        out = self._matmat(X)
+        return out[:, 0] if x.dim() == 1 else out
+
+    def matvec(self, x: Tensor) -> Tensor:
+        """Same as ``self @ x``."""
+        return self @ x
+
+    def to_dense(self, *, chunk_size: int = 128, max_dim: int = 20_000) -> Tensor:
+        """The d×d matrix, built from products with blocks of ``chunk_size`` unit vectors (small d only).
+
+        Raises:
+            ValueError: d > ``max_dim`` (the matrix would not fit in memory; use the matrix-free tools).
+        """
+        if self.dim > max_dim:
+            raise ValueError(
+                f"to_dense() would build a {self.dim}×{self.dim} matrix (> max_dim = {max_dim}); use the matrix-free "
+                "spectrum tools (estimators.lanczos, estimators.count_eigenvalues) or raise max_dim"
+            )
+        cols = []
+        for start in range(0, self.dim, chunk_size):
+            stop = min(start + chunk_size, self.dim)
+            E = torch.zeros(self.dim, stop - start, dtype=self.dtype, device=self.device)
+            E[torch.arange(start, stop), torch.arange(stop - start)] = 1
+            cols.append(self @ E)
+        return torch.cat(cols, dim=1)
+
+    def to_scipy(self):
+        """A :class:`scipy.sparse.linalg.LinearOperator` (numpy in and out, symmetric: rmatvec = matvec)."""
+        from scipy.sparse.linalg import LinearOperator
+
+        np_dtype = torch.empty((), dtype=self.dtype).numpy().dtype
+
+        def apply(x):
+            X = torch.as_tensor(np.asarray(x), dtype=self.dtype).to(self.device)
+            return (self @ X).detach().cpu().numpy()
+
+        return LinearOperator(self.shape, matvec=apply, rmatvec=apply, matmat=apply, rmatmat=apply, dtype=np_dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim}, dtype={self.dtype}, device={self.device})"
+
+
+def _terms(loss: Callable, problem: FlatProblem) -> list[tuple[float, Callable[[Tensor], Tensor]]]:
+    """(weight, flat loss) per batch: a DataLoss is split into its batches, anything else is one term."""
+    if not isinstance(loss, DataLoss):
+        return [(1.0, problem.fn)]
+    names, shapes, is_dict = problem.names, problem.shapes, problem.is_dict
+    terms = []
+    for weight, batch in loss.batches():
+        batch_fn = loss.on_batch(batch)
+        terms.append((weight, lambda w, f=batch_fn: f(_unflatten(w, names, shapes, is_dict))))
+    return terms
+
+
+class HessianOperator(CurvatureOperator):
+    """H = ∇²L(w*) as a linear operator on flat parameter vectors.
+
+    H·v is computed as ``jvp(grad(L), (w*,), (v,))`` (forward-over-reverse; Pearlmutter 1994, "Fast exact
+    multiplication by the Hessian"), vmapped over the columns of a block; ``mode="reverse"`` uses
+    ``vjp(grad(L))`` instead (reverse-over-reverse, for operations without forward-mode AD, e.g. some fused
+    attention kernels); ``mode="auto"`` tries forward mode and falls back to reverse mode on the first
+    product if forward mode is not implemented.
+
+    Args:
+        loss: ``loss(params) -> scalar``; a :class:`DataLoss` is differentiated batch by batch and the
+            products summed with weights n_b/n.
+        params: w*, a Tensor or a dict of Tensors (one device and dtype).
+        mode: "auto", "forward" or "reverse".
+        chunk_size: columns per vmapped call (``None``: the whole block at once).
+
+    Raises:
+        ValueError: unknown mode; invalid params (see :func:`estimators._flat.flatten`).
+
+    Example:
+        >>> op = HessianOperator(lambda w: (w ** 2).sum() + w[0] * w[1], torch.zeros(2, dtype=torch.float64))
+        >>> op.to_dense()
+        tensor([[2., 1.],
+                [1., 2.]], dtype=torch.float64)
+    """
+
+    def __init__(self, loss: Callable[[Params], Tensor], params: Params, *, mode: str = "auto", chunk_size: int | None = None):
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.problem = flatten(loss, params)
+        super().__init__(self.problem.dim, self.problem.w0.dtype, self.problem.w0.device)
+        self.loss = loss
+        self.mode = mode
+        self.chunk_size = chunk_size
+        self._terms = _terms(loss, self.problem)
+
+    def _hvp_block(self, fn: Callable[[Tensor], Tensor], V: Tensor, mode: str) -> Tensor:
+        w0 = self.problem.w0
+        g = grad(fn)
+        if mode == "forward":
+            def column(v):
+                return jvp(g, (w0,), (v,))[1]
+        else:
+            _, pullback = vjp(g, w0)
+
+            def column(v):
+                return pullback(v)[0]
+        return vmap(column, in_dims=1, out_dims=1, chunk_size=self.chunk_size)(V)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        if self.mode == "auto":
+            try:
+                out = self._sum(V, "forward")
+                self.mode = "forward"
+                return out
+            except (NotImplementedError, RuntimeError) as err:
+                if "forward" not in str(err).lower() and "jvp" not in str(err).lower():
+                    raise
+                self.mode = "reverse"
+        return self._sum(V, self.mode)
+
+    def _sum(self, V: Tensor, mode: str) -> Tensor:
+        out = None
+        for weight, fn in self._terms:
+            term = self._hvp_block(fn, V, mode)
+            out = term * weight if out is None else out + term * weight
+        return out
+
+    def gradient(self) -> Tensor:
+        """∇L(w*), flat (summed over batches)."""
+        out = None
+        for weight, fn in self._terms:
+            term = grad(fn)(self.problem.w0) * weight
+            out = term if out is None else out + term
+        return out.detach()
+
+
+class GaussNewtonOperator(CurvatureOperator):
+    """G = Σ_b (n_b/n)·J_bᵀ·∇²_z ℓ_b(z_b)·J_b, the generalized Gauss–Newton matrix of a :class:`DataLoss`.
+
+    J_b = ∂f(x_b; w)/∂w at w*, z_b = f(x_b; w*), ℓ_b the batch loss as a function of the outputs
+    (Schraudolph 2002, "Fast curvature matrix-vector products for second-order gradient descent").
+    Each product is J·v by ``jvp`` (or, in reverse mode, by differentiating the linear map u ↦ Jᵀu),
+    then the output-space Hessian (a small HVP in output space), then Jᵀ· by ``vjp``; J is never formed.
+
+    For ``behavioral_loss(model, x, kind="mse")`` this is (2/n)·Σ_x J_xᵀJ_x, the Hessian of L_B at w*;
+    for ``kind="kl"`` it is the Fisher matrix (Bushnaq et al. 2024, arXiv 2405.10927, §2.2). For a
+    training loss it is the positive semi-definite GGN approximation to the Hessian.
+
+    Args:
+        loss: a :class:`DataLoss` (from :func:`estimators.training_loss` or
+            :func:`estimators.behavioral_loss`).
+        params: the params dict w* (as returned with ``loss``).
+        mode: "auto", "forward" or "reverse" (how J·v is computed).
+        chunk_size: columns per vmapped call.
+
+    Raises:
+        TypeError: ``loss`` is not a DataLoss (the GGN needs the model outputs).
+        ValueError: unknown mode; invalid params.
+    """
+
+    def __init__(self, loss: DataLoss, params: Params, *, mode: str = "auto", chunk_size: int | None = None):
+        if not isinstance(loss, DataLoss):
+            raise TypeError(
+                "GaussNewtonOperator needs a DataLoss (build it with estimators.behavioral_loss or "
+                f"estimators.training_loss), got {type(loss).__name__}; for a plain callable use HessianOperator"
+            )
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.problem = flatten(loss, params)
+        super().__init__(self.problem.dim, self.problem.w0.dtype, self.problem.w0.device)
+        self.loss = loss
+        self.mode = mode
+        self.chunk_size = chunk_size
+
+    def _ggn_block(self, batch: tuple[Tensor, ...], V: Tensor, mode: str) -> Tensor:
+        p = self.problem
+        inputs, *rest = batch
+
+        def out_fn(w: Tensor) -> Tensor:
+            return self.loss.outputs(_unflatten(w, p.names, p.shapes, p.is_dict), inputs)
+
+        def out_loss(z: Tensor) -> Tensor:
+            return self.loss.batch_loss(z, *rest)
+
+        z, pullback = vjp(out_fn, p.w0)
+        z = z.detach()
+        grad_z = grad(out_loss)
+        if mode == "reverse":
+            _, pushforward_t = vjp(lambda u: pullback(u)[0], torch.zeros_like(z))
+            _, output_hessian = vjp(grad_z, z)
+
+        def column(v):
+            if mode == "forward":
+                Jv = jvp(out_fn, (p.w0,), (v,))[1]
+            else:
+                Jv = pushforward_t(v)[0]
+            MJv = jvp(grad_z, (z,), (Jv,))[1] if mode == "forward" else output_hessian(Jv)[0]
+            return pullback(MJv)[0]
+
+        return vmap(column, in_dims=1, out_dims=1, chunk_size=self.chunk_size)(V)
+
+    def _sum(self, V: Tensor, mode: str) -> Tensor:
+        out = None
+        for weight, batch in self.loss.batches():
+            term = self._ggn_block(batch, V, mode) * weight
+            out = term if out is None else out + term
+        return out
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        if self.mode == "auto":
+            try:
+                out = self._sum(V, "forward")
+                self.mode = "forward"
+                return out
+            except (NotImplementedError, RuntimeError) as err:
+                if "forward" not in str(err).lower() and "jvp" not in str(err).lower():
+                    raise
+                self.mode = "reverse"
+        return self._sum(V, self.mode)

@@ -1,0 +1,609 @@
+"""Order-4 analysis of the loss on the Hessian null space: the Schur-corrected quartic g₄.
+
+THEORY.md §3. Write K(w* + δ) = ½δᵀHδ + (1/6)T₃[δ³] + (1/24)T₄[δ⁴] + …, r = rank H, k = d − r. For
+v ∈ null(H), eliminating the range directions u (minimise over u the terms ½uᵀHu + ½uᵀb(v)) leaves
+
+    g₄(v) = (1/24)·T₄[v, v, v, v] − (1/8)·b(v)ᵀH⁺b(v),   b(v) = P_range T₃[·, v, v],
+
+the order-4 part of g in the splitting lemma K ~ |u|² + g(v) (Watanabe 2009, *Algebraic Geometry and
+Statistical Learning Theory*, §7; Arnold, Gusein-Zade & Varchenko 1985, vol. 1, §11). T₄ alone is
+wrong: for (w1 − w2²)² it would give w2⁴, while g₄ ≡ 0 there (substitute u = w1 − w2²: λ = 1/2).
+With 1/ord ≤ lct ≤ dim/ord (Lin 2011, arXiv 1103.2407; Saito 2007):
+
+* g₄ positive definite on null(H): λ = r/2 + k/4 exactly, m = 1;
+* g₄ ≢ 0: r/2 + 1/4 ≤ λ ≤ r/2 + k/4;
+* g₄ ≡ 0: the order is ≥ 6, so r/2 ≤ λ ≤ r/2 + k/6.
+
+The upper bound r/2 + k/4 holds at every local minimum (the cubic vanishes on the null space there),
+compare Bushnaq's LessWrong post on Hessian-rank LLC bounds (August 2024; not peer reviewed).
+
+What is certified and what is observed (see :class:`QuarticAnalysis`):
+
+* Small null spaces (at most ``max_monomials`` quartic monomials): g₄(Nx) is a quartic form in
+  x ∈ R^k; its coefficients are recovered by least squares from evaluations at random points (exact up
+  to rounding, the fit residual is reported). "Zero" is certified when Σ|c_α| ≤ atol (a bound on
+  |g₄| over the whole unit sphere); "positive definite" is certified by interval branch-and-bound on
+  the faces of the cube (q(x) − atol·‖x‖⁴ > 0 on every face, so g₄ > atol on the sphere); "not positive
+  definite" and "not zero" are certified by witness directions.
+* Large null spaces: g₄ is minimised on the unit sphere of the null space with seeded restarts (exact
+  line search in 2-planes). A witness with |g₄| > atol certifies g₄ ≢ 0; positive definiteness and
+  g₄ ≡ 0 are only observed, and the returned bounds do not rely on them.
+
+The tolerance: atol = rtol·s with s = max(λ_max(H), max |T₄[v⁴]|/24, max b(v)ᵀH⁺b(v)/8) over the unit
+null directions evaluated, i.e. quartic coefficients are compared with the largest Hessian eigenvalue
+in the user's parameter coordinates. The null space itself is numerical (eigenvalues ≤ the rank
+threshold τ count as zero): an eigenvalue h ≤ τ that is not exactly zero still dominates g₄ at
+distances |v| ≲ (h/g₄)^{1/2}, so the order-4 statements describe the loss at scales above that.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import grad, vmap
+
+from ._flat import FlatProblem
+from .llc_bounds import LLCBounds
+from .taylor import TaylorMode
+
+__all__ = ["QuarticAnalysis", "analyze_quartic", "sharpen_bounds"]
+
+CLASSES = ("positive definite", "degenerate", "zero", "indefinite")
+
+
+@dataclass(frozen=True)
+class QuarticAnalysis:
+    """The Schur-corrected quartic g₄ on the unit sphere of the Hessian null space.
+
+    Attributes:
+        classification: "positive definite", "degenerate" (≢ 0, not positive definite), "zero", or
+            "indefinite" (g₄ or the cubic takes negative values: w* is not a minimum at this order).
+        certified: True when the classification is proven (within ``atol``), False when it rests on
+            sampling / numerical minimisation.
+        rank, nullity: r and k.
+        minimum: the smallest g₄ found on the unit sphere (observed).
+        maximum_abs: the largest |g₄| found on the unit sphere (observed).
+        certified_lower: a proven lower bound on g₄ over the unit sphere (branch-and-bound), or None.
+        atol, rtol, scale: the tolerance atol = rtol·scale (see the module docstring).
+        cubic_max: the largest |T₃[v, v, v]| found on unit null directions (≈ 0 at a minimum).
+        fit_residual: max |g₄ − fitted quartic| over the evaluations (coefficient method), else None.
+        method: "coefficients" (small k) or "sphere search" (large k).
+        num_evaluations: how many g₄ evaluations were made.
+        restarts: number of sphere-search restarts.
+        minimizer: a unit null vector (in R^d) where ``minimum`` was found.
+        exponents, coefficients: the monomials x^α and their coefficients in the null basis
+            (coefficient method only).
+        certified_statements, observed_statements: what was proven and what was seen.
+    """
+
+    classification: str
+    certified: bool
+    rank: int
+    nullity: int
+    minimum: float
+    maximum_abs: float
+    certified_lower: float | None
+    atol: float
+    rtol: float
+    scale: float
+    cubic_max: float
+    fit_residual: float | None
+    method: str
+    num_evaluations: int
+    restarts: int
+    minimizer: Tensor | None = field(default=None, repr=False, compare=False)
+    exponents: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False)
+    coefficients: Tensor | None = field(default=None, repr=False, compare=False)
+    certified_statements: tuple[str, ...] = ()
+    observed_statements: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# g₄ on the null space
+# --------------------------------------------------------------------------------------------
+class _NullQuartic:
+    """Evaluates g₄(M z) for coordinates z (batched); M maps coordinates into null(H)."""
+
+    def __init__(self, tm: TaylorMode, null_map: Callable[[Tensor], Tensor], U: Tensor, lam: Tensor):
+        self.tm, self.null_map, self.U, self.lam = tm, null_map, U, lam
+        self.count = 0
+
+    def _single(self, z: Tensor):
+        v = self.null_map(z)
+        t3, _, t4 = self.tm.quartic_terms(v)
+        b = self.U.T @ t3  # coordinates of P_range T₃[·, v, v] in the eigenbasis of the range
+        corr = (b ** 2 / self.lam).sum()
+        cubic = t3 @ v  # T₃[v, v, v]
+        return t4 / 24 - corr / 8, t4 / 24, corr / 8, cubic
+
+    def parts(self, Z: Tensor):
+        self.count += Z.shape[0]
+        return vmap(self._single)(Z)
+
+    def values(self, Z: Tensor) -> Tensor:
+        return self.parts(Z)[0]
+
+    def grads(self, Z: Tensor) -> Tensor:
+        self.count += Z.shape[0]
+        return vmap(grad(lambda z: self._single(z)[0]))(Z)
+
+
+def _exponents(k: int) -> list[tuple[int, ...]]:
+    out = []
+    for combo in itertools.combinations_with_replacement(range(k), 4):
+        a = [0] * k
+        for i in combo:
+            a[i] += 1
+        out.append(tuple(a))
+    return out
+
+
+def _monomials(X: Tensor, E: Tensor) -> Tensor:
+    """x^α for every row x of X (m, k) and exponent row α of E (N, k): shape (m, N)."""
+    return torch.prod(X[:, None, :] ** E[None, :, :], dim=-1)
+
+
+class _PolyQuartic:
+    """A quartic form given by its coefficients (for cheap sphere searches)."""
+
+    def __init__(self, E: Tensor, c: Tensor):
+        self.E, self.c = E, c
+
+    def values(self, Z: Tensor) -> Tensor:
+        return _monomials(Z, self.E) @ self.c
+
+    def grads(self, Z: Tensor) -> Tensor:
+        with torch.enable_grad():
+            Z = Z.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.values(Z).sum(), Z)  # rows are independent
+        return g
+
+
+def _trig_basis(theta: np.ndarray) -> np.ndarray:
+    """cos^{4−i}θ·sin^iθ for i = 0..4: the basis of binary quartics on a circle; shape (..., 5)."""
+    c, s = np.cos(theta)[..., None], np.sin(theta)[..., None]
+    i = np.arange(5)
+    return c ** (4 - i) * s ** i
+
+
+def _plane_minimiser(a: np.ndarray) -> np.ndarray:
+    """argmin over θ ∈ [0, π) of Σ_i a_i cos^{4−i}θ sin^iθ for each column of a (5, m)."""
+    grid = np.linspace(0, np.pi, 721)
+    theta = grid[(_trig_basis(grid) @ a).argmin(0)]
+    width = grid[1] - grid[0]
+    offsets = np.linspace(-1, 1, 201)
+    for _ in range(2):  # zoom in twice around the minimiser
+        local = theta[None, :] + offsets[:, None] * width  # (201, m)
+        curve = np.einsum("gmi,im->gm", _trig_basis(local), a)
+        theta = local[curve.argmin(0), np.arange(a.shape[1])]
+        width = width / 100
+    return theta
+
+
+def _sphere_minimise(
+    q, Z: Tensor, steps: int, project: Callable[[Tensor], Tensor], sign: float = 1.0, stop_below: float | None = None
+):
+    """Minimise sign·q on the unit sphere from the rows of Z by exact line search in 2-planes.
+
+    Each step takes y ⟂ z along the negative Riemannian gradient, fits the binary quartic
+    θ ↦ q(cos θ·z + sin θ·y) from 5 values and moves to its minimiser (θ = 0 is among the
+    candidates, so the value never increases).
+    """
+    angles = np.arange(5) * (np.pi / 5)
+    basis_inv = np.linalg.inv(_trig_basis(angles))  # (5, 5)
+    cos_a = torch.tensor(np.cos(angles[1:]), dtype=Z.dtype, device=Z.device)[:, None, None]
+    sin_a = torch.tensor(np.sin(angles[1:]), dtype=Z.dtype, device=Z.device)[:, None, None]
+    vals = sign * q.values(Z)
+    scale = max(float(vals.abs().max()), 1e-300)
+    for _ in range(steps):
+        if stop_below is not None and float(vals.min()) < stop_below:
+            break
+        g = project(sign * q.grads(Z))
+        g = g - (g * Z).sum(-1, keepdim=True) * Z
+        gn = g.norm(dim=-1, keepdim=True)
+        if float(gn.max()) <= 1e-14 * scale:
+            break
+        Y = -g / gn.clamp_min(1e-300)
+        pts = cos_a * Z[None] + sin_a * Y[None]  # (4, m, p)
+        pv = sign * q.values(pts.reshape(-1, Z.shape[-1])).reshape(4, -1)
+        samples = torch.cat([vals[None], pv], dim=0).detach().cpu().numpy()  # (5, m)
+        theta = torch.tensor(_plane_minimiser(basis_inv @ samples), dtype=Z.dtype, device=Z.device)
+        Z = torch.cos(theta)[:, None] * Z + torch.sin(theta)[:, None] * Y
+        Z = project(Z)
+        Z = Z / Z.norm(dim=-1, keepdim=True)
+        new = sign * q.values(Z)
+        converged = bool(((vals - new).abs() <= 1e-12 * scale).all())
+        vals = torch.minimum(vals, new)
+        if converged:
+            break
+    return Z, sign * vals
+
+
+# --------------------------------------------------------------------------------------------
+# Branch-and-bound certificate of positivity of a quartic form
+# --------------------------------------------------------------------------------------------
+def _interval_power(lo: np.ndarray, hi: np.ndarray, e: int):
+    if e == 0:
+        return np.ones_like(lo), np.ones_like(hi)
+    a, b = lo ** e, hi ** e
+    if e % 2 == 1:
+        return a, b
+    mn = np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(a, b))
+    return mn, np.maximum(a, b)
+
+
+def _certify_positive(E: np.ndarray, c: np.ndarray, margin: float, max_boxes: int) -> tuple[bool, float, int]:
+    """Prove q(x) − margin·‖x‖⁴ > 0 for x ≠ 0 (q = Σ c_α x^α a quartic form in k variables).
+
+    By homogeneity and q(−x) = q(x) it suffices to prove it on the k faces x_i = 1 of the cube
+    [−1, 1]^k. Each face is covered by boxes; on a box, interval arithmetic on every monomial gives a
+    lower bound; boxes whose bound is not positive are bisected along their widest side. Returns
+    (proved, a proven lower bound of q on the unit sphere or nan, boxes processed).
+    """
+    k = E.shape[1]
+    # subtract margin·(Σ x_i²)² = margin·Σ_{|β|=2} (2; β) x^{2β}
+    c = c.astype(np.float64).copy()
+    index = {tuple(a): i for i, a in enumerate(E.tolist())}
+    for i in range(k):
+        for j in range(k):
+            a = [0] * k
+            a[i] += 2
+            a[j] += 2
+            c[index[tuple(a)]] -= margin
+    processed = 0
+    for face in range(k):
+        lo = -np.ones((1, k))
+        hi = np.ones((1, k))
+        lo[:, face] = hi[:, face] = 1.0
+        while lo.shape[0]:
+            processed += lo.shape[0]
+            if processed > max_boxes:
+                return False, float("nan"), processed
+            total_lo = np.zeros(lo.shape[0])
+            for alpha, coef in zip(E, c):
+                if coef == 0:
+                    continue
+                plo, phi = np.ones(lo.shape[0]), np.ones(lo.shape[0])
+                for i, e in enumerate(alpha):
+                    if e == 0:
+                        continue
+                    alo, ahi = _interval_power(lo[:, i], hi[:, i], int(e))
+                    cands = np.stack([plo * alo, plo * ahi, phi * alo, phi * ahi])
+                    plo, phi = cands.min(0), cands.max(0)
+                total_lo += np.where(coef > 0, coef * plo, coef * phi)
+            # interval sums carry rounding ≲ 1e-13 relative; demand a strictly positive bound
+            open_ = total_lo <= 1e-12 * np.abs(c).sum()
+            if not open_.any():
+                break
+            lo, hi = lo[open_], hi[open_]
+            centre = (lo + hi) / 2
+            cv = np.prod(centre[:, None, :] ** E[None], axis=-1) @ c
+            if (cv <= 0).any():
+                return False, float("nan"), processed
+            width = hi - lo
+            split = width.argmax(1)
+            rows = np.arange(lo.shape[0])
+            mid = centre[rows, split]
+            lo2, hi2 = lo.copy(), hi.copy()
+            hi[rows, split] = mid
+            lo2[rows, split] = mid
+            lo, hi = np.concatenate([lo, lo2]), np.concatenate([hi, hi2])
+    # q − margin‖x‖⁴ > 0 on the cube faces ⇒ q(u) > margin on the unit sphere
+    return True, margin, processed
+
+
+# --------------------------------------------------------------------------------------------
+# Public: the analysis
+# --------------------------------------------------------------------------------------------
+def _range_from_hvp(hvp, d: int, rank: int, max_rank: int, like: Tensor, generator):
+    if rank > max_rank:
+        raise ValueError(
+            f"the matrix-free order-4 analysis computes the top {rank} Hessian eigenpairs and supports "
+            f"rank ≤ max_rank = {max_rank}; pass the dense eigendecomposition (eigenvalues=, eigenvectors=) "
+            "for small models or raise max_rank"
+        )
+    if rank == 0:
+        return like.new_zeros(d, 0), like.new_zeros(0)
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    def mv(x):
+        t = torch.as_tensor(np.asarray(x).reshape(-1), dtype=like.dtype, device=like.device)
+        return hvp(t).detach().to("cpu", torch.float64).numpy()
+
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    v0 = torch.randn(d, generator=g, dtype=torch.float64).numpy()
+    if rank >= d - 1:
+        raise ValueError(f"rank {rank} of dimension {d}: use the dense eigendecomposition for this model")
+    op = LinearOperator((d, d), matvec=mv, dtype=np.float64)
+    lam, vec = eigsh(op, k=rank, which="LA", v0=v0, tol=1e-12)
+    U = torch.as_tensor(vec, dtype=like.dtype, device=like.device)
+    return U, torch.as_tensor(lam, dtype=like.dtype, device=like.device)
+
+
+def analyze_quartic(
+    problem: FlatProblem,
+    *,
+    rank: int,
+    eigenvalues: Tensor | None = None,
+    eigenvectors: Tensor | None = None,
+    hvp: Callable[[Tensor], Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    rtol: float | None = None,
+    max_monomials: int = 2000,
+    restarts: int = 8,
+    steps: int = 60,
+    max_boxes: int = 200_000,
+    max_rank: int = 256,
+    taylor: TaylorMode | None = None,
+) -> QuarticAnalysis:
+    """Classify g₄(v) = T₄[v⁴]/24 − b(v)ᵀH⁺b(v)/8 on the unit sphere of null(H) (module docstring).
+
+    Args:
+        problem: the flat loss (:func:`estimators._flat.flatten`); ``problem.w0`` is w*.
+        rank: r, the number of Hessian eigenvalues counted as non-zero.
+        eigenvalues, eigenvectors: the dense eigendecomposition of H at w* (ascending, eigenvectors as
+            columns); the top ``rank`` pairs span the range, the others the null space.
+        hvp: v ↦ Hv, used when no dense decomposition is given (top-``rank`` eigenpairs by Lanczos,
+            null space = their orthogonal complement, sphere search only).
+        generator: seeds the evaluation points and the restarts (default: seed 0).
+        rtol: relative tolerance (default 1e-6 in float64, 1e-2 otherwise).
+        max_monomials: use the coefficient method when C(k + 3, 4) ≤ this.
+        restarts, steps: sphere search settings.
+        max_boxes: budget of the branch-and-bound positivity certificate.
+        max_rank: largest rank handled matrix-free.
+        taylor: a prebuilt :class:`TaylorMode` for ``problem`` (to reuse its trace).
+
+    Returns:
+        :class:`QuarticAnalysis`.
+
+    Raises:
+        ValueError: inconsistent rank / decomposition, neither a decomposition nor an hvp, or a
+            matrix-free rank above ``max_rank``.
+
+    Example:
+        >>> from estimators._flat import flatten
+        >>> p = flatten(lambda w: w[0] ** 2 + w[1] ** 4, torch.zeros(2, dtype=torch.float64))
+        >>> H = torch.func.hessian(p.fn)(p.w0); ev, U = torch.linalg.eigh(H)
+        >>> analyze_quartic(p, rank=1, eigenvalues=ev, eigenvectors=U).classification
+        'positive definite'
+    """
+    w0 = problem.w0
+    d = w0.numel()
+    if int(rank) != rank or not 0 <= rank <= d:
+        raise ValueError(f"rank must be an integer in [0, {d}], got {rank}")
+    k = d - rank
+    if rtol is None:
+        rtol = 1e-6 if w0.dtype == torch.float64 else 1e-2
+    g = generator if generator is not None else torch.Generator(device="cpu").manual_seed(0)
+    tm = taylor if taylor is not None else TaylorMode(problem.fn, w0)
+
+    if eigenvectors is not None:
+        if eigenvalues is None or eigenvectors.shape != (d, d) or eigenvalues.shape != (d,):
+            raise ValueError(
+                f"eigenvalues must have shape ({d},) and eigenvectors ({d}, {d}) (columns, ascending), got "
+                f"{tuple(getattr(eigenvalues, 'shape', ()))} and {tuple(eigenvectors.shape)}"
+            )
+        if rank and eigenvalues[k] <= 0:
+            raise ValueError(f"rank {rank} counts a non-positive eigenvalue ({float(eigenvalues[k]):.3g}) as non-zero")
+        evecs = eigenvectors.to(w0.dtype).to(w0.device)
+        N, U = evecs[:, :k], evecs[:, k:]
+        lam = eigenvalues.to(w0.dtype).to(w0.device)[k:]
+        coords = k
+
+        def null_map(z):
+            return N @ z
+
+        def project(Z):
+            return Z
+
+        lam_max = float(eigenvalues.abs().max()) if d else 0.0
+    elif hvp is not None:
+        U, lam = _range_from_hvp(hvp, d, rank, max_rank, w0, g)
+        coords = d
+        N = None
+
+        def null_map(z):
+            return z - U @ (U.T @ z)
+
+        def project(Z):
+            return Z - (Z @ U) @ U.T
+
+        lam_max = float(lam.max()) if rank else 0.0
+    else:
+        raise ValueError("pass the dense eigendecomposition (eigenvalues=, eigenvectors=) or an hvp (v ↦ Hv)")
+
+    if k == 0:
+        return QuarticAnalysis(
+            "positive definite", True, rank, 0, float("inf"), 0.0, None, 0.0, rtol, lam_max, 0.0, None,
+            "none", 0, 0, certified_statements=("the Hessian has full rank: no null space, λ = d/2",),
+        )
+
+    q = _NullQuartic(tm, null_map, U, lam)
+    num_monomials = math.comb(k + 3, 4)
+    use_coefficients = N is not None and num_monomials <= max_monomials
+    dtype, device = w0.dtype, w0.device
+
+    def unit(m):
+        Z = torch.randn(m, coords, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+        Z = project(Z)
+        return Z / Z.norm(dim=-1, keepdim=True)
+
+    n_samples = 2 * num_monomials + 8 if use_coefficients else max(4 * restarts, 32)
+    Z0 = unit(n_samples)
+    g4, quart, corr, cubic = q.parts(Z0)
+    scale = max(lam_max, float(quart.abs().max()), float(corr.abs().max()))
+    atol = rtol * scale
+    cubic_max = float(cubic.abs().max())
+    certified_st, observed_st = [], []
+    fit_residual = None
+    exps = coefs = None
+    certified_lower = None
+
+    if use_coefficients:
+        E = torch.tensor(_exponents(k), dtype=dtype, device=device)
+        A = _monomials(Z0, E)
+        sol_np = np.linalg.lstsq(A.detach().cpu().numpy(), g4.detach().cpu().numpy(), rcond=None)[0]
+        sol = torch.as_tensor(sol_np, dtype=dtype, device=device)
+        fit_residual = float((A @ sol - g4).abs().max())
+        exps, coefs = tuple(tuple(int(a) for a in row) for row in E.tolist()), sol
+        search = _PolyQuartic(E, sol)
+        n_restarts = max(restarts, 4 * k)
+    else:
+        search = q
+        n_restarts = restarts
+
+    # sphere search: minimum of g₄ (and of −g₄ when no sample is clearly non-zero)
+    order = torch.argsort(g4)
+    starts = torch.cat([Z0[order[: n_restarts // 2]], unit(n_restarts - n_restarts // 2)])
+    Zmin, vmin = _sphere_minimise(search, starts, steps, project, stop_below=-atol)
+    i = int(vmin.argmin())
+    zstar = Zmin[i : i + 1]
+    g4_star = float(q.values(zstar)[0])  # re-evaluate the true g₄ (not the fit) at the minimiser
+    minimum = min(g4_star, float(g4.min()))
+    maximum_abs = float(g4.abs().max())
+    if maximum_abs <= atol:
+        Zmax, vmax = _sphere_minimise(search, unit(n_restarts), steps, project, sign=-1.0)
+        j = int(vmax.argmax())
+        maximum_abs = max(maximum_abs, abs(float(q.values(Zmax[j : j + 1])[0])))
+    minimizer = null_map(zstar[0]).detach()
+    tol_text = f"atol = {atol:.3g} (rtol {rtol:g} × scale {scale:.3g})"
+
+    if cubic_max > atol:
+        classification, certified = "indefinite", True
+        certified_st.append(
+            f"the cubic T₃[v, v, v] on the null space is non-zero (max |·| = {cubic_max:.3g} > {tol_text}): "
+            "w* is not a minimum along the numerical null space at this threshold"
+        )
+    elif minimum < -atol:
+        classification, certified = "indefinite", True
+        certified_st.append(
+            f"g₄ < 0 at a null direction (g₄ = {minimum:.3g} < −{tol_text}): w* is not a local minimum at order 4"
+        )
+    elif use_coefficients and float(coefs.abs().sum()) <= atol:
+        classification, certified = "zero", fit_residual <= atol
+        (certified_st if certified else observed_st).append(
+            f"g₄ ≡ 0 within {tol_text}: Σ|coefficients| = {float(coefs.abs().sum()):.3g} bounds |g₄| on the "
+            f"unit sphere (quartic fitted to {n_samples} evaluations, residual {fit_residual:.2g})"
+        )
+    elif maximum_abs <= atol:
+        classification, certified = "zero", False
+        observed_st.append(
+            f"|g₄| ≤ {tol_text} on every evaluated unit null direction ({q.count} evaluations incl. a maximisation): "
+            "g₄ ≡ 0 is observed, not proven"
+        )
+    elif minimum > atol:
+        classification = "positive definite"
+        certified = False
+        if use_coefficients and fit_residual <= atol:
+            ok, bound, boxes = _certify_positive(np.array(exps), coefs.detach().cpu().numpy(), atol, max_boxes)
+            if ok:
+                certified, certified_lower = True, bound
+                certified_st.append(
+                    f"g₄ > {tol_text} on the unit sphere of the null space: interval branch-and-bound on the fitted "
+                    f"quartic ({boxes} boxes; fit residual {fit_residual:.2g} over {n_samples} evaluations)"
+                )
+        if not certified:
+            observed_st.append(
+                f"g₄ appears positive definite on the null space: min over {n_restarts} restarts = {minimum:.3g} "
+                f"> {tol_text} (not proven; would give λ = r/2 + k/4 exactly)"
+            )
+        certified_st.append(f"g₄ ≢ 0: a unit null direction has g₄ = {minimum:.3g} > {tol_text}")
+    else:
+        classification, certified = "degenerate", True
+        certified_st.append(
+            f"g₄ ≢ 0 (a unit null direction has |g₄| = {maximum_abs:.3g} > {tol_text}) and g₄ is not positive "
+            f"definite beyond the tolerance (a unit null direction has g₄ = {minimum:.3g} ≤ atol)"
+        )
+    if cubic_max <= atol:
+        observed_st.append(f"cubic T₃[v, v, v] on the null space ≈ 0 (max |·| = {cubic_max:.2g}), as at a minimum")
+    if fit_residual is not None:
+        observed_st.append(
+            f"quartic coefficients of g₄ in the null basis fitted from {n_samples} evaluations, residual {fit_residual:.2g}"
+        )
+
+    return QuarticAnalysis(
+        classification=classification, certified=certified, rank=rank, nullity=k, minimum=minimum,
+        maximum_abs=maximum_abs, certified_lower=certified_lower, atol=atol, rtol=rtol, scale=scale,
+        cubic_max=cubic_max, fit_residual=fit_residual,
+        method="coefficients" if use_coefficients else "sphere search", num_evaluations=q.count,
+        restarts=n_restarts, minimizer=minimizer, exponents=exps, coefficients=coefs,
+        certified_statements=tuple(certified_st), observed_statements=tuple(observed_st),
+    )
+
+
+def sharpen_bounds(
+    base: LLCBounds,
+    problem: FlatProblem,
+    *,
+    eigenvalues: Tensor | None = None,
+    eigenvectors: Tensor | None = None,
+    hvp: Callable[[Tensor], Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    **options,
+) -> LLCBounds:
+    """Order-4 bounds from order-2 bounds ``base``: classify g₄ on null(H) and apply THEORY.md §3.
+
+    With r = base.rank, k = base.nullity:
+    g₄ positive definite (certified) → λ = r/2 + k/4, ``exact`` (m = 1);
+    g₄ ≢ 0 (certified by a witness) → r/2 + 1/4 ≤ λ ≤ r/2 + k/4;
+    g₄ ≡ 0 within atol (certified by the coefficients) → r/2 ≤ λ ≤ r/2 + k/6;
+    g₄ ≡ 0 only observed → r/2 ≤ λ ≤ r/2 + k/4 (the k/6 bound is listed in ``observed``);
+    indefinite (w* not a minimum along the null space) → ``base``'s bounds unchanged.
+    ``lower``/``upper`` only ever hold certified bounds (intersected with ``base``'s); statements that
+    rest on sampling go to ``observed``. ``options`` go to :func:`analyze_quartic`.
+
+    Returns:
+        A new :class:`LLCBounds` with ``order=4`` and ``quartic`` set. The full analysis is attached as
+        ``certified``/``observed`` statements; call :func:`analyze_quartic` for the numbers.
+    """
+    if not isinstance(base, LLCBounds):
+        raise TypeError(f"base must be an LLCBounds (the order-2 result), got {type(base).__name__}")
+    if base.dim != problem.dim:
+        raise ValueError(f"base.dim = {base.dim} but the problem has {problem.dim} parameters")
+    qa = analyze_quartic(
+        problem, rank=base.rank, eigenvalues=eigenvalues, eigenvectors=eigenvectors, hvp=hvp,
+        generator=generator, **options,
+    )
+    return bounds_from_quartic(base, qa)
+
+
+def bounds_from_quartic(base: LLCBounds, qa: QuarticAnalysis) -> LLCBounds:
+    """Combine order-2 bounds with a :class:`QuarticAnalysis` (see :func:`sharpen_bounds`)."""
+    r, k = base.rank, base.nullity
+    half = Fraction(r, 2)
+    certified = list(base.certified) + list(qa.certified_statements)
+    observed = list(base.observed) + list(qa.observed_statements)
+    cls = qa.classification
+    exact = False
+    if k == 0:
+        lower = upper = half
+        exact = base.exact
+        cls = None
+    elif cls == "positive definite" and qa.certified:
+        lower = upper = half + Fraction(k, 4)
+        exact = True
+        certified.append(f"λ = r/2 + k/4 = {lower} exactly, m = 1 (g₄ positive definite on the null space)")
+    elif cls in ("positive definite", "degenerate"):
+        lower, upper = half + Fraction(1, 4), half + Fraction(k, 4)
+        certified.append(f"order 4 on the null space: r/2 + 1/4 ≤ λ ≤ r/2 + k/4, i.e. [{lower}, {upper}]")
+    elif cls == "zero" and qa.certified:
+        lower, upper = half, half + Fraction(k, 6)
+        certified.append(f"g₄ ≡ 0 within tolerance ⇒ order ≥ 6: r/2 ≤ λ ≤ r/2 + k/6, i.e. [{lower}, {upper}]")
+    elif cls == "zero":
+        lower, upper = half, half + Fraction(k, 4)
+        observed.append(f"if g₄ ≡ 0 (observed only), λ ≤ r/2 + k/6 = {half + Fraction(k, 6)}")
+    else:  # indefinite: the order-4 theory of a minimum does not apply
+        lower, upper = base.lower, base.upper
+    lower, upper = max(lower, base.lower), min(upper, base.upper)
+    if lower > upper:  # cannot happen for consistent inputs; never return an empty interval silently
+        raise ValueError(f"order-4 bounds [{lower}, {upper}] contradict the order-2 bounds [{base.lower}, {base.upper}]")
+    return replace(
+        base, lower=lower, upper=upper, exact=exact or (lower == upper and base.exact), order=4, quartic=cls,
+        certified=tuple(certified), observed=tuple(observed),
+    )

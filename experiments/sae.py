@@ -1,0 +1,158 @@
+"""A small sparse autoencoder (SAE) and its training loop, for studies.
+
+Model (Bricken et al. 2023, "Towards Monosemanticity"; Cunningham et al. 2023, arXiv 2309.08600):
+f(x) = ReLU(W_enc·(x − b_dec) + b_enc), x̂ = W_dec·f + b_dec, decoder columns kept at unit norm.
+Loss: mean ‖x − x̂‖² + coeff · mean ρ(f) for any torch penalty ρ (a function of codes of shape
+(batch, n_latents) returning (batch,)), or TopK (Gao et al. 2024, arXiv 2406.04093): keep the k
+largest pre-activations.
+
+    >>> result = train_sae(x, 32, penalty=lambda f: f.sum(-1), penalty_coeff=0.1, steps=200, seed=0)
+    >>> result.l0, result.fvu
+
+:func:`tune_to_l0` bisects the penalty coefficient (in log space) to hit a target L0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["SAEResult", "train_sae", "tune_to_l0", "mean_max_cosine"]
+
+
+@dataclass(frozen=True)
+class SAEResult:
+    """A trained SAE and its metrics on the training activations.
+
+    Attributes:
+        params: ``W_enc`` (m, d), ``b_enc`` (m,), ``W_dec`` (d, m), ``b_dec`` (d,).
+        l0: mean number of non-zero codes per sample.
+        mse: mean ‖x − x̂‖² per sample.
+        fvu: fraction of variance unexplained, mse / mean ‖x − mean x‖².
+        dead_fraction: share of latents never active on the activations.
+        penalty_coeff, topk, steps, lr, batch_size, seed: the settings.
+    """
+
+    params: dict = field(repr=False)
+    l0: float
+    mse: float
+    fvu: float
+    dead_fraction: float
+    penalty_coeff: float
+    topk: int | None
+    steps: int
+    lr: float
+    batch_size: int
+    seed: int
+
+    def encode(self, x: Tensor) -> Tensor:
+        return _encode(self.params, x, self.topk)
+
+    def decode(self, f: Tensor) -> Tensor:
+        return f @ self.params["W_dec"].T + self.params["b_dec"]
+
+    @property
+    def decoder(self) -> Tensor:
+        """Decoder directions, shape (d, m), unit columns."""
+        return self.params["W_dec"]
+
+
+def _encode(p, x, topk):
+    pre = (x - p["b_dec"]) @ p["W_enc"].T + p["b_enc"]  # (batch, m)
+    if topk is None:
+        return torch.relu(pre)
+    vals, idx = pre.topk(topk, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+
+
+def train_sae(
+    activations: Tensor,
+    n_latents: int,
+    *,
+    penalty: Callable[[Tensor], Tensor] | None = None,
+    penalty_coeff: float = 1.0,
+    topk: int | None = None,
+    steps: int = 1000,
+    batch_size: int = 256,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> SAEResult:
+    """Train an SAE with Adam on ``activations`` (n, d); the penalty or TopK sets the sparsity.
+
+    Raises:
+        ValueError: neither or both of ``penalty`` and ``topk``; bad sizes.
+    """
+    if (penalty is None) == (topk is None):
+        raise ValueError("give exactly one of penalty= (a torch function of the codes) or topk= (an int)")
+    if activations.ndim != 2 or activations.shape[0] < 2:
+        raise ValueError(f"activations must have shape (n ≥ 2, d), got {tuple(activations.shape)}")
+    if topk is not None and not 1 <= topk <= n_latents:
+        raise ValueError(f"topk must be in [1, n_latents = {n_latents}], got {topk}")
+    x = activations
+    n, d = x.shape
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    w = torch.randn(d, n_latents, generator=gen, dtype=x.dtype).to(x.device)
+    w = w / w.norm(dim=0, keepdim=True)
+    params = {
+        "W_enc": w.T.clone().requires_grad_(True),
+        "b_enc": torch.zeros(n_latents, dtype=x.dtype, device=x.device, requires_grad=True),
+        "W_dec": w.clone().requires_grad_(True),
+        "b_dec": x.mean(0).detach().clone().requires_grad_(True),
+    }
+    opt = torch.optim.Adam(params.values(), lr=lr)
+    batch_size = min(batch_size, n)
+    for _ in range(steps):
+        idx = torch.randint(n, (batch_size,), generator=gen).to(x.device)
+        xb = x[idx]
+        f = _encode(params, xb, topk)
+        xhat = f @ params["W_dec"].T + params["b_dec"]
+        loss = (xb - xhat).pow(2).sum(-1).mean()
+        if penalty is not None:
+            loss = loss + penalty_coeff * penalty(f).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            params["W_dec"] /= params["W_dec"].norm(dim=0, keepdim=True).clamp_min(1e-12)
+    final = {k: v.detach() for k, v in params.items()}
+    with torch.no_grad():
+        f = _encode(final, x, topk)
+        xhat = f @ final["W_dec"].T + final["b_dec"]
+        mse = float((x - xhat).pow(2).sum(-1).mean())
+        var = float((x - x.mean(0)).pow(2).sum(-1).mean())
+        l0 = float((f > 0).sum(-1).float().mean())
+        dead = float(((f > 0).sum(0) == 0).float().mean())
+    return SAEResult(final, l0, mse, mse / var, dead, float(penalty_coeff) if penalty is not None else 0.0,
+                     topk, steps, lr, batch_size, seed)
+
+
+def tune_to_l0(train: Callable[[float], SAEResult], target_l0: float, *, lo: float = 1e-3, hi: float = 10.0,
+               iterations: int = 5) -> tuple[SAEResult, list[SAEResult]]:
+    """Bisect the penalty coefficient on a log scale so that L0 ≈ ``target_l0`` (L0 falls as it grows).
+
+    ``train(coeff)`` trains one SAE. Returns the run whose L0 is closest to the target (in log ratio)
+    and all runs.
+    """
+    runs = []
+    log_lo, log_hi = math.log(lo), math.log(hi)
+    for _ in range(iterations):
+        mid = 0.5 * (log_lo + log_hi)
+        run = train(math.exp(mid))
+        runs.append(run)
+        if run.l0 > target_l0:
+            log_lo = mid
+        else:
+            log_hi = mid
+    best = min(runs, key=lambda r: abs(math.log(max(r.l0, 1e-3) / target_l0)))
+    return best, runs
+
+
+def mean_max_cosine(true_dictionary: Tensor, decoder: Tensor) -> float:
+    """Mean over true atoms (columns of ``true_dictionary``, (d, F)) of the best cosine with a decoder
+    column ((d, m)): 1 = every true feature is recovered by some latent."""
+    t = true_dictionary / true_dictionary.norm(dim=0, keepdim=True)
+    dec = decoder / decoder.norm(dim=0, keepdim=True)
+    return float((t.T @ dec).max(dim=1).values.mean())
