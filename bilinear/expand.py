@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from .factored import FactoredBilinear, FactoredMatrix
 from .layers import position_normaliser
-from .model import BilinearTransformer
+from .layers import BilinearMLP, LinearAttention
+from .model import BilinearTransformer, Block
 
 __all__ = [
     "expand",
@@ -75,13 +76,25 @@ def _check_expandable(model) -> None:
                 "BilinearTransformer computation only (a changed forward may add softmax or normalisation). "
                 "Expand a plain BilinearTransformer with the same weights instead."
             )
+    reference = ((Block, ("forward",)), (LinearAttention, ("forward", "pattern", "head_outputs")),
+                 (BilinearMLP, ("forward",)))
+    for l, block in enumerate(model.blocks):
+        for module, (base, methods) in zip((block, block.attn, block.mlp), reference):
+            if module is None:
+                continue
+            if not isinstance(module, base) or any(getattr(type(module), m) is not getattr(base, m) for m in methods):
+                raise NotExpandableError(
+                    f"block {l} holds a {type(module).__name__} where the expansion expects the reference "
+                    f"{base.__name__}; a replaced or overridden layer may not be polynomial. Use the "
+                    "bilinear layers as built by BilinearTransformer(config)."
+                )
 
 
 def _readout(model: BilinearTransformer, readout, dtype, device) -> Tensor | None:
     """Readout matrix (o, d_model): "logits" -> W_U, "residual" -> None (identity), or a tensor."""
     if isinstance(readout, str):
         if readout == "logits":
-            return model.W_U.detach()
+            return model.W_U.detach().to(dtype=dtype, device=device)
         if readout == "residual":
             return None
         raise ValueError(f"readout must be 'logits', 'residual' or a (k, d_model) tensor, got {readout!r}")
@@ -348,11 +361,12 @@ class ComponentExpansion:
 
         return term_bounds(self, readout=readout)
 
-    def prune(self, eps: float | None = None, *, num_keep: int | None = None, tokens: Tensor | None = None):
+    def prune(self, eps: float | None = None, *, num_keep: int | None = None, tokens: Tensor | None = None,
+              rank_by: str = "bound"):
         """Keep the largest terms; see :func:`bilinear.prune.prune`."""
         from .prune import prune
 
-        return prune(self, eps, num_keep=num_keep, tokens=tokens)
+        return prune(self, eps, num_keep=num_keep, tokens=tokens, rank_by=rank_by)
 
     def __repr__(self) -> str:
         return f"ComponentExpansion({len(self)} terms, {len(self._comps)} components)"

@@ -88,19 +88,22 @@ def term_bounds(expansion: ComponentExpansion, *, readout="logits") -> TermBound
                 return float((X0 @ M.T).abs().max())
             return float(M.norm(dim=1).max()) * R[ci]
 
-        def head_consts(layer: int, h: int, M: Tensor | None) -> dict:
-            """Everything a head's term bounds need, computed once per head and readout."""
+        def head_consts(layer: int, h: int, Ms: tuple) -> list[dict]:
+            """Everything a head's term bounds need, computed once per head for each readout in Ms."""
             attn = model.blocks[layer].attn
             WQ, WK = attn.W_Q[h].detach().to(**f64), attn.W_K[h].detach().to(**f64)
-            MOV = _mat(M, attn.W_O[h].detach().to(**f64)) @ attn.W_V[h].detach().to(**f64)  # (out, d_model)
             QK = WQ.T @ WK  # (d_model, d_model)
-            k = dict(QK=QK, MOV=MOV, spec_qk=_spec(QK), spec_mov=_spec(MOV),
-                     qkT_emb=sup_norm(0, QK.T), qk_emb=sup_norm(0, QK), mov_emb=sup_norm(0, MOV))
-            k["ee"] = None
+            shared = dict(QK=QK, spec_qk=_spec(QK), qkT_emb=sup_norm(0, QK.T), qk_emb=sup_norm(0, QK), ee=None)
             if table_ok:
                 s = (X0 @ QK @ X0.reshape(-1, X0.shape[-1]).T).abs()  # (n_ctx, V, n_ctx·V)
                 s = s.reshape(cfg.n_ctx, cfg.vocab_size, cfg.n_ctx, cfg.vocab_size)  # (t, x, s, y)
-                k["sqk_ee"] = float((s * causal[:, None, :, None]).max())
+                shared["sqk_ee"] = float((s * causal[:, None, :, None]).max())
+            return [head_readout(attn, h, M, dict(shared), s if table_ok else None) for M in Ms]
+
+        def head_readout(attn, h: int, M: Tensor | None, k: dict, s: Tensor | None) -> dict:
+            MOV = _mat(M, attn.W_O[h].detach().to(**f64)) @ attn.W_V[h].detach().to(**f64)  # (out, d_model)
+            k.update(spec_mov=_spec(MOV), mov_emb=sup_norm(0, MOV))
+            if s is not None:
                 w = (X0 @ MOV.T).norm(dim=-1)  # (s, y)
                 A = s * w[None, None]  # (t, x, s, y)
                 strict = (tpos[None, :] < tpos[:, None]).to(torch.float64)  # (t, s): s < t
@@ -147,7 +150,7 @@ def term_bounds(expansion: ComponentExpansion, *, readout="logits") -> TermBound
         for ci, start, end in expansion._groups[1:]:
             c = comps[ci]
             if c.kind == "head":
-                kr, ko = head_consts(c.layer, c.head, None), head_consts(c.layer, c.head, Rout)
+                kr, ko = head_consts(c.layer, c.head, (None, Rout))
             else:
                 kr, ko = mlp_consts(c.layer, None), mlp_consts(c.layer, Rout)
             total = 0.0

@@ -12,10 +12,42 @@ from .llc_estimate import (
 )
 from .higher_order import QuarticAnalysis, analyze_quartic, bounds_from_quartic, sharpen_bounds
 from .losses import behavioral_kl, behavioral_mse
+from .curvature import CurvatureOperator, GaussNewtonOperator, HessianOperator
+from .curvature_plots import plot_rank_curve, plot_spectrum
+from .lanczos import LanczosResult, lanczos
+from .llc_bounds import LLCBounds, NotAMinimumError, NotAMinimumWarning, llc_bounds
+from .model_losses import DataLoss, behavioral_loss, training_loss
+from .rank_curve import RankCurve, rank_curve, rank_curve_vs_n, threshold_for_sample_size
+from .slq import EigenvalueCount, SpectralQuadrature, count_eigenvalues, stochastic_lanczos_quadrature
+from .spectrum import Spectrum, dense_spectrum
 from .sgld import mala_acceptance, sgld_step
 from .taylor import TaylorMode, directional_derivatives, fourth_derivative, third_derivative_vector
 
 __all__ = [
+    "CurvatureOperator",
+    "GaussNewtonOperator",
+    "HessianOperator",
+    "plot_rank_curve",
+    "plot_spectrum",
+    "LanczosResult",
+    "lanczos",
+    "LLCBounds",
+    "NotAMinimumError",
+    "NotAMinimumWarning",
+    "llc_bounds",
+    "DataLoss",
+    "behavioral_loss",
+    "training_loss",
+    "RankCurve",
+    "rank_curve",
+    "rank_curve_vs_n",
+    "threshold_for_sample_size",
+    "EigenvalueCount",
+    "SpectralQuadrature",
+    "count_eigenvalues",
+    "stochastic_lanczos_quadrature",
+    "Spectrum",
+    "dense_spectrum",
     "QuarticAnalysis",
     "TaylorMode",
     "analyze_quartic",

@@ -187,13 +187,15 @@ def _plane_minimiser(a: np.ndarray) -> np.ndarray:
 
 
 def _sphere_minimise(
-    q, Z: Tensor, steps: int, project: Callable[[Tensor], Tensor], sign: float = 1.0, stop_below: float | None = None
+    q, Z: Tensor, steps: int, project: Callable[[Tensor], Tensor], sign: float = 1.0, stop_below: float | None = None,
+    abs_tol: float = 0.0,
 ):
     """Minimise sign·q on the unit sphere from the rows of Z by exact line search in 2-planes.
 
     Each step takes y ⟂ z along the negative Riemannian gradient, fits the binary quartic
     θ ↦ q(cos θ·z + sin θ·y) from 5 values and moves to its minimiser (θ = 0 is among the
-    candidates, so the value never increases).
+    candidates, so the value never increases). Stops early once some value is below ``stop_below``,
+    or when no value moved by more than max(1e-12·scale, ``abs_tol``) in a step.
     """
     angles = np.arange(5) * (np.pi / 5)
     basis_inv = np.linalg.inv(_trig_basis(angles))  # (5, 5)
@@ -218,7 +220,7 @@ def _sphere_minimise(
         Z = project(Z)
         Z = Z / Z.norm(dim=-1, keepdim=True)
         new = sign * q.values(Z)
-        converged = bool(((vals - new).abs() <= 1e-12 * scale).all())
+        converged = bool(((vals - new).abs() <= max(1e-12 * scale, abs_tol)).all())
         vals = torch.minimum(vals, new)
         if converged:
             break
@@ -335,9 +337,9 @@ def analyze_quartic(
     hvp: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
     rtol: float | None = None,
-    max_monomials: int = 2000,
+    max_monomials: int = 500,
     restarts: int = 8,
-    steps: int = 60,
+    steps: int = 50,
     max_boxes: int = 200_000,
     max_rank: int = 256,
     taylor: TaylorMode | None = None,
@@ -437,6 +439,11 @@ def analyze_quartic(
     n_samples = 2 * num_monomials + 8 if use_coefficients else max(4 * restarts, 32)
     Z0 = unit(n_samples)
     g4, quart, corr, cubic = q.parts(Z0)
+    if not all(bool(torch.isfinite(t).all()) for t in (g4, quart, corr, cubic)):
+        raise FloatingPointError(
+            "g₄ evaluated to NaN or inf on the null space: the loss is not smooth at w* along these directions "
+            "(e.g. a power with a fractional exponent at 0); check the loss, or use TaylorMode(method='nested')"
+        )
     scale = max(lam_max, float(quart.abs().max()), float(corr.abs().max()))
     atol = rtol * scale
     cubic_max = float(cubic.abs().max())
@@ -453,7 +460,7 @@ def analyze_quartic(
         fit_residual = float((A @ sol - g4).abs().max())
         exps, coefs = tuple(tuple(int(a) for a in row) for row in E.tolist()), sol
         search = _PolyQuartic(E, sol)
-        n_restarts = max(restarts, 4 * k)
+        n_restarts = min(max(restarts, 4 * k), 32)
     else:
         search = q
         n_restarts = restarts
@@ -461,14 +468,15 @@ def analyze_quartic(
     # sphere search: minimum of g₄ (and of −g₄ when no sample is clearly non-zero)
     order = torch.argsort(g4)
     starts = torch.cat([Z0[order[: n_restarts // 2]], unit(n_restarts - n_restarts // 2)])
-    Zmin, vmin = _sphere_minimise(search, starts, steps, project, stop_below=-atol)
+    Zmin, vmin = _sphere_minimise(search, starts, steps, project, stop_below=-atol, abs_tol=1e-3 * atol)
     i = int(vmin.argmin())
     zstar = Zmin[i : i + 1]
     g4_star = float(q.values(zstar)[0])  # re-evaluate the true g₄ (not the fit) at the minimiser
     minimum = min(g4_star, float(g4.min()))
     maximum_abs = float(g4.abs().max())
     if maximum_abs <= atol:
-        Zmax, vmax = _sphere_minimise(search, unit(n_restarts), steps, project, sign=-1.0)
+        Zmax, vmax = _sphere_minimise(search, unit(n_restarts), steps, project, sign=-1.0, stop_below=-atol,
+                                      abs_tol=1e-3 * atol)
         j = int(vmax.argmax())
         maximum_abs = max(maximum_abs, abs(float(q.values(Zmax[j : j + 1])[0])))
     minimizer = null_map(zstar[0]).detach()
@@ -576,6 +584,8 @@ def sharpen_bounds(
 def bounds_from_quartic(base: LLCBounds, qa: QuarticAnalysis) -> LLCBounds:
     """Combine order-2 bounds with a :class:`QuarticAnalysis` (see :func:`sharpen_bounds`)."""
     r, k = base.rank, base.nullity
+    if (qa.rank, qa.nullity) != (r, k):
+        raise ValueError(f"the quartic analysis used rank {qa.rank} / nullity {qa.nullity}, the bounds rank {r} / nullity {k}")
     half = Fraction(r, 2)
     certified = list(base.certified) + list(qa.certified_statements)
     observed = list(base.observed) + list(qa.observed_statements)

@@ -232,6 +232,31 @@ def _pow_rule(x: _Jet, p) -> _Jet:
     return _Jet(y)
 
 
+def _tensor_pow_rule(x: _Jet, p: Tensor) -> _Jet:
+    """y = x^p elementwise for a constant exponent tensor p.
+
+    Non-negative integer exponents (the usual case, e.g. w ** k with k = 2, 4) are exact at x₀ = 0:
+    the powers x⁰..x^P are built by Cauchy products and selected per element. Other exponents use
+    the recurrence of :func:`_pow_rule`, which needs x₀ ≠ 0.
+    """
+    p = torch.as_tensor(p, device=x.c[0].device)
+    if p.is_floating_point() and not bool((p == p.round()).all()) or bool((p < 0).any()):
+        return _pow_rule(x, p.to(x.c[0].dtype))
+    p = p.round().to(torch.int64)
+    top = int(p.max()) if p.numel() else 0
+    out = [None] * (x.K + 1)
+    power = _const_jet(torch.ones_like(x.c[0]), x.K)
+    for e in range(top + 1):
+        if e:
+            power = _cauchy(power, x, torch.mul)
+        mask = (p == e).to(x.c[0].dtype)
+        if not bool(mask.any()):
+            continue
+        out = [_add(o, None if c is None else c * mask) for o, c in zip(out, power.c)]
+    out[0] = torch.pow(x.c[0], p) if out[0] is None else out[0]
+    return _Jet(out)
+
+
 def _log_softmax_rule(x: _Jet, dim: int) -> _Jet:
     m = torch.amax(x.c[0], dim=dim, keepdim=True)  # a constant shift: exact for any m
     shifted = _sum_jets(x, _const_jet(m, x.K), alpha=-1)
@@ -243,7 +268,7 @@ def _log_softmax_rule(x: _Jet, dim: int) -> _Jet:
 _GENERIC_UNARY = {
     aten.gelu.default, aten.silu.default, aten.sin.default, aten.cos.default, aten.erf.default,
     aten.log1p.default, aten.expm1.default, aten.softplus.default, aten.sqrt.default, aten.rsqrt.default,
-    aten.elu.default, aten.leaky_relu.default, aten.abs.default, aten.atan.default, aten.pow.Tensor_Tensor,
+    aten.elu.default, aten.leaky_relu.default, aten.abs.default, aten.atan.default,
 }
 
 # Ops linear in their first argument (structure, reductions, casts).
@@ -266,6 +291,12 @@ _INPLACE_VIEWS = {
     aten.transpose_.default: aten.transpose.int,
 }
 
+_PIECEWISE_CONSTANT = {
+    getattr(getattr(aten, name), overload)
+    for name in ("gt", "lt", "ge", "le", "eq", "ne")
+    for overload in ("Scalar", "Tensor")
+} | {aten.sign.default, aten.argmax.default, aten.argmin.default, aten.isfinite.default, aten.isnan.default}
+
 _BILINEAR = {
     aten.mm.default: torch.mm, aten.bmm.default: torch.bmm, aten.matmul.default: torch.matmul,
     aten.mv.default: torch.mv, aten.dot.default: torch.dot, aten.mul.Tensor: torch.mul,
@@ -280,6 +311,10 @@ def _call(target, args, kwargs, K: int):
         return target(*args, **kwargs)
     if target in (aten.detach.default,):  # detach: derivative zero, as in torch
         return args[0].c[0].detach()
+    if target in _PIECEWISE_CONSTANT:  # comparisons, sign, argmax: depend on the value only
+        a = [x.c[0] if _is_jet(x) else x for x in args]
+        kw = {n: (x.c[0] if _is_jet(x) else x) for n, x in kwargs.items()}
+        return target(*a, **kw)
     if target in (aten.ones_like.default, aten.zeros_like.default, aten.empty_like.default, aten.full_like.default):
         return target(args[0].c[0], *args[1:], **kwargs)
     if target in _LINEAR:
@@ -294,6 +329,18 @@ def _call(target, args, kwargs, K: int):
         c0 = target(a.c[0], b.c[0], alpha=alpha) if alpha != 1 else target(a.c[0], b.c[0])
         rest = [_add(x, None if y is None else y * sign) for x, y in zip(a.c[1:], b.c[1:])]
         return _Jet([c0] + rest)
+    if target in (aten.rsub.Scalar, aten.rsub.Tensor):  # other − alpha·x
+        alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
+        x, other = _as_jet(args[0], K), _as_jet(args[1], K)
+        return _sum_jets(other, x, alpha=-alpha)
+    if target in (aten.add.Scalar, aten.sub.Scalar):
+        x = args[0]
+        sign = 1 if target is aten.add.Scalar else -1
+        alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
+        return _Jet([x.c[0] + sign * alpha * args[1]] + x.c[1:])
+    if target in (aten.mul.Scalar, aten.div.Scalar):
+        op = torch.mul if target is aten.mul.Scalar else torch.div
+        return _linear(lambda c: op(c, args[1]), args[0])
     if target in _BILINEAR:
         a, b = args[0], args[1]
         op = _BILINEAR[target]
@@ -365,10 +412,12 @@ def _call(target, args, kwargs, K: int):
             if x is None and y is None:
                 out.append(None)
             else:
-                like = a.c[0] if x is None else x
+                like = x if x is not None else y
                 out.append(torch.where(cond, torch.zeros_like(like) if x is None else x,
                                        torch.zeros_like(like) if y is None else y))
         return _Jet(out)
+    if target is aten.pow.Tensor_Tensor and _is_jet(args[0]) and not _is_jet(args[1]):
+        return _tensor_pow_rule(args[0], args[1])
     if target in (aten.prod.dim_int, aten.prod.default) and _is_jet(args[0]):
         x = args[0]
         dim = args[1] if len(args) > 1 else None

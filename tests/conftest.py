@@ -1,7 +1,14 @@
 import pytest
 import torch
+from hypothesis import settings
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# Property tests draw their examples deterministically (reproducible CI) and have no per-example
+# deadline (a loaded 2-core machine is slow); set HYPOTHESIS_PROFILE=explore to search afresh.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, max_examples=500)
+settings.load_profile(__import__("os").environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(params=DEVICES)

@@ -97,6 +97,8 @@ class _Translator:
         terms = [self(a) for a in e.args]
         tensors = [t for t in terms if isinstance(t, Tensor)]
         const = sum(t for t in terms if not isinstance(t, Tensor))
+        if not tensors:
+            return const
         out = tensors[0]
         for t in tensors[1:]:
             out = out + t
@@ -123,6 +125,8 @@ class _Translator:
                 return torch.pow(x, int(p))
             return torch.pow(x, p)
         y = self(exp)
+        if not isinstance(x, Tensor) and not isinstance(y, Tensor):
+            return x ** y
         if not isinstance(x, Tensor):
             if x == math.e:
                 return torch.exp(y)
@@ -144,6 +148,8 @@ class _Translator:
         fn = torch.maximum if isinstance(e, sp.Max) else torch.minimum
         tensors = [v for v in vals if isinstance(v, Tensor)]
         consts = [v for v in vals if not isinstance(v, Tensor)]
+        if not tensors:
+            return max(consts) if isinstance(e, sp.Max) else min(consts)
         out = tensors[0]
         for t in tensors[1:]:
             out = fn(out, t)

@@ -9,7 +9,7 @@ If K is non-degenerate — for every compact face τ of Γ₊ the face polynomia
 
 References: A. N. Varchenko, "Newton polyhedra and estimation of oscillating integrals", Functional
 Analysis and its Applications 10:175–196, 1976; S. Watanabe, *Algebraic Geometry and Statistical
-Learning Theory* (Cambridge, 2009), §7.2 (Newton diagrams and the real log canonical threshold).
+Learning Theory* (Cambridge, 2009), ch. 7 (Newton diagrams and the real log canonical threshold).
 
 Everything is exact: the facets of Γ₊ are enumerated in rational arithmetic (``fractions.Fraction``),
 and non-degeneracy is certified with sympy (square-free decomposition and Sturm counts for
@@ -17,6 +17,13 @@ one-dimensional faces; Gröbner bases and rational interval arithmetic on isolat
 higher-dimensional ones). When non-degeneracy fails or cannot be certified, :class:`DegenerateError`
 is raised instead of returning a value that may be wrong — the classic trap is K = (w1 − w2²)²,
 where the polyhedron says 3/4 but the truth is 1/2.
+
+Limits: the facet enumeration visits every d-subset of exponents and coordinate rays, so it is
+meant for a handful of variables (d ≤ 5 in well under a second on the examples tried). A face whose
+complex critical locus is positive-dimensional after the quasi-homogeneous reduction cannot be
+certified and raises :class:`DegenerateError` even when K is in fact non-degenerate. The check that
+K ≥ 0 near 0 is exact on vertices and one-dimensional faces; on higher faces a negative value is
+searched for numerically (and verified exactly when found), which is a necessary condition only.
 """
 from __future__ import annotations
 
@@ -34,7 +41,6 @@ from .learning_coefficient import LearningCoefficient
 __all__ = ["DegenerateError", "NewtonPolyhedronResult", "newton_polyhedron"]
 
 Exponent = tuple[int, ...]
-Vector = tuple[Fraction, ...]
 
 
 class DegenerateError(ValueError):
@@ -532,7 +538,7 @@ def newton_polyhedron(K, variables: Sequence[sp.Symbol]) -> NewtonPolyhedronResu
     ``Γ₊ = conv ∪_α (α + R^d_≥0)`` over the exponents α with c_α ≠ 0;
     ``t* = min{t : (t, …, t) ∈ Γ₊} = max over facets ⟨a, x⟩ ≥ b of b/Σa``; λ = 1/t*, and m is the
     codimension of the smallest face of Γ₊ containing (t*, …, t*) (Varchenko 1976; Watanabe 2009,
-    §7.2). Valid when K is non-degenerate: every compact face polynomial K_τ has no critical point
+    ch. 7). Valid when K is non-degenerate: every compact face polynomial K_τ has no critical point
     in (R \\ {0})^d. That is certified exactly, else :class:`DegenerateError` is raised.
 
     Because K ≥ 0 near 0, its compact face polynomials are ≥ 0 on R^d, and at a real critical
@@ -578,7 +584,7 @@ def newton_polyhedron(K, variables: Sequence[sp.Symbol]) -> NewtonPolyhedronResu
     return NewtonPolyhedronResult(
         Fraction(1) / t_star,
         codim,
-        "Newton polyhedron (Varchenko 1976; Watanabe 2009, §7.2)",
+        "Newton polyhedron (Varchenko 1976; Watanabe 2009, ch. 7)",
         newton_distance=t_star,
         face_exponents=face_points,
         face_dimension=d - codim,

@@ -319,8 +319,8 @@ def _check_nonnegative(expr, variables, parameters, support, what="density", poi
     rng = random.Random(0)
     fn = sp.lambdify(tuple(variables) + tuple(parameters), expr, "mpmath")
     witness = None
-    for _ in range(draws if parameters else 1):
-        pv = _sample_parameters(parameters, rng)
+    for draw in range(draws if parameters else 1):
+        pv = {p: 0.5 for p in parameters} if draw == 0 else _sample_parameters(parameters, rng)
         bad = None
         for _ in range(points):
             xs = [rng.uniform(0, 4) if support == "nonnegative" else rng.uniform(-4, 4) for _ in variables]
@@ -374,21 +374,19 @@ def _analyse(rho_slab, variables, parameters, support, dropped, l0_weight, sourc
 
 
 def _simplify_density(expr):
-    expr = sp.powsimp(sp.expand_power_exp(expr), force=False)
-    arg = expr.args[0] if isinstance(expr, sp.exp) else None
-    if arg is not None:
-        # exp(−s·log(u)) → u^(−s) and exp(c·log u + rest) → u^c·exp(rest)
-        factors = []
-        rest = []
-        for term in sp.Add.make_args(sp.expand(arg)):
-            coeff, logs = term.as_independent(sp.log)
-            if isinstance(logs, sp.log):
-                factors.append(logs.args[0] ** coeff)
+    """exp(−s·log u + rest) → u^(−s)·exp(rest), in every exp factor (sympy integrates powers far faster)."""
+
+    def convert(e):
+        factors, rest = [], []
+        for term in sp.Add.make_args(sp.expand(e.args[0])):
+            logs = [f for f in sp.Mul.make_args(term) if isinstance(f, sp.log)]
+            if len(logs) == 1:
+                factors.append(logs[0].args[0] ** sp.cancel(term / logs[0]))
             else:
                 rest.append(term)
-        if factors:
-            expr = sp.Mul(*factors) * sp.exp(sp.Add(*rest))
-    return expr
+        return sp.Mul(*factors) * sp.exp(sp.Add(*rest)) if factors else e
+
+    return sp.powsimp(expr.replace(lambda e: isinstance(e, sp.exp), convert), force=True)
 
 
 def _positive_dummies(variables):

@@ -202,6 +202,10 @@ def test_refuses_non_polynomial_models():
     model.blocks[0].add_module("act", nn.Softmax(-1))
     with pytest.raises(NotExpandableError, match="Softmax"):
         expand(model)
+    swapped = BilinearTransformer(cfg)
+    swapped.blocks[0].mlp = nn.Linear(4, 4)
+    with pytest.raises(NotExpandableError, match="block 0 holds a Linear"):
+        expand(swapped)
     with pytest.raises(ValueError, match="level must be"):
         expand(BilinearTransformer(cfg), "neurons")
     with pytest.raises(ValueError, match="readout"):

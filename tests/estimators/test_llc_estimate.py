@@ -62,14 +62,14 @@ def test_quadratic_matches_exact_ula_target_full_and_weight_refined(device):
     n = len(x)
     nbeta, gamma, eps = n / math.log(n), 1.0, 5e-3
     H = 2 * (x.T @ x / n).cpu()  # Hessian of the mean squared error
-    est = estimate_llc(model, _mse, (x, y), num_chains=4, num_draws=1500, num_burnin=200, step_size=eps,
+    est = estimate_llc(model, _mse, (x, y), num_chains=4, num_draws=1200, num_burnin=100, step_size=eps,
                        localization=gamma, batch_size=n, seed=1, mala_every=0)
     assert isinstance(est, LLCEstimate) and est.settings.nbeta == pytest.approx(nbeta)
     assert est.baseline_loss == pytest.approx(0.0, abs=1e-20)
     _within(est, _ula_target(H, nbeta, gamma, eps))
     # weight refinement: only coordinate 1 moves; the others stay at w* exactly
     mask = {"weight": torch.tensor([[False, True, False]])}
-    ref = estimate_llc(model, _mse, (x, y), num_chains=4, num_draws=1500, num_burnin=200, step_size=4 * eps,
+    ref = estimate_llc(model, _mse, (x, y), num_chains=4, num_draws=1200, num_burnin=100, step_size=4 * eps,
                        localization=gamma, batch_size=n, seed=1, params=mask, mala_every=0)
     assert ref.settings.num_sampled_params == 1
     _within(ref, _ula_target(H[1:2, 1:2], nbeta, gamma, 4 * eps))
@@ -80,7 +80,7 @@ def test_quadratic_matches_exact_ula_target_full_and_weight_refined(device):
 def test_potentials_match_finite_n_oracle(name):
     pot = zoo.POTENTIALS[name]()
     target = finite_n_target(pot, 100, localization=4.0).value
-    est = estimate_potential_llc(pot, 100, localization=4.0, num_chains=8, num_draws=2500, num_burnin=500,
+    est = estimate_potential_llc(pot, 100, localization=4.0, num_chains=8, num_draws=2000, num_burnin=300,
                                  step_size=2e-3, seed=0, mala_every=0)
     _within(est, target)
 
@@ -117,7 +117,7 @@ def test_behavioral_llc_upper_bounds_llc_on_interpolating_model():
     m = zoo.reduced_rank_model(3, 2, 3, 2)
     x, y = m.sample(400, seed=1)
     loss0 = lambda p, t: ((p[:, :1] - t[:, :1]) ** 2).sum(-1).mean()  # noqa: E731
-    kw = dict(num_chains=4, num_draws=800, step_size=2e-4, seed=0, batch_size=400)
+    kw = dict(num_chains=4, num_draws=500, step_size=2e-4, seed=0, batch_size=400)
     llc = estimate_llc(m.model, loss0, (x, y), **kw)
     beh = estimate_behavioral_llc(m.model, x, **kw)
     assert beh.baseline_loss == 0.0
@@ -154,7 +154,7 @@ def test_agrees_with_devinterp_side_by_side():
 
     m = zoo.reduced_rank_model(3, 2, 3, 2)
     x, y = m.sample(256, seed=2)
-    kw = dict(num_chains=4, num_draws=600, num_burnin=200, step_size=5e-4, localization=1.0, batch_size=64, seed=0)
+    kw = dict(num_chains=4, num_draws=400, num_burnin=100, step_size=5e-4, localization=1.0, batch_size=64, seed=0)
     ours = estimate_llc(m.model, m.loss_fn, (x, y), mala_every=0, **kw)
     theirs = devinterp_llc(m.model, m.loss_fn, x, y, **kw)
     assert theirs.baseline == pytest.approx(ours.baseline_loss)
@@ -184,7 +184,7 @@ def test_divergence_stops_with_message_and_keeps_finished_draws(tmp_path):
     assert err.partial.loss_traces.shape[1] == err.step - 5
     assert torch.isfinite(err.partial.loss_traces).all()
     assert path.exists()
-    with pytest.raises(SGLDDivergenceError, match="NaN"):
+    with pytest.raises(SGLDDivergenceError, match="runaway loss"):
         estimate_llc(*_linear_problem("cpu")[:1], _mse, _linear_problem("cpu")[1:], step_size=10.0, num_draws=10)
 
 

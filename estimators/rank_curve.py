@@ -1,0 +1,187 @@
+"""The finite-data view of Hessian-rank bounds: rank and bounds as a function of the threshold τ or of n.
+
+THEORY.md §3: on a quadratic basin with Hessian eigenvalues h_i, the localized SGLD target at sample size
+n, inverse temperature β and localization γ is ½·Σ_i nβh_i/(nβh_i + γ) = ½·Σ_i h_i/(h_i + τ) with
+τ = γ/(nβ) — half the effective dimension at scale τ (MacKay 1992; Maddox, Benton & Wilson 2020,
+arXiv 2003.02139). An eigenvalue counts as "quadratic" only when h ≫ τ. Trained networks often show no
+spectral gap, so the useful output is the curve
+
+    rank(τ) = #{h_i > τ},   lower(τ) = rank(τ)/2,   upper = d/2,   soft_rank(τ) = Σ_i max(h_i, 0)/(max(h_i, 0) + τ),
+
+over τ, or over n through τ(n) = γ/(nβ), β = 1/log n (the default of Lau et al. 2023, arXiv 2308.12108).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .slq import EigenvalueCount, SpectralQuadrature
+from .spectrum import Spectrum
+
+__all__ = ["RankCurve", "rank_curve", "rank_curve_vs_n", "threshold_for_sample_size"]
+
+
+@dataclass(frozen=True)
+class RankCurve:
+    """Numerical rank and LLC bounds over a range of thresholds.
+
+    Attributes:
+        thresholds: τ values, shape (T,), ascending, float64.
+        ranks: #{λ > τ} (exact for a dense spectrum, SLQ mean otherwise), shape (T,).
+        stderr: standard errors of ``ranks`` (zeros for a dense spectrum).
+        soft_ranks: Σ_i h_i⁺/(h_i⁺ + τ), the effective dimension; ½·soft_rank is the SGLD target on the
+            quadratic approximation.
+        dim: d; the upper bound is d/2 at every τ.
+        method: "dense" or "slq".
+        sample_sizes: n for each τ when built with :func:`rank_curve_vs_n`, else None.
+        gamma, nbeta: the settings behind τ(n) (None for a plain τ grid).
+    """
+
+    thresholds: Tensor
+    ranks: Tensor
+    stderr: Tensor
+    soft_ranks: Tensor
+    dim: int
+    method: str
+    sample_sizes: Tensor | None = field(default=None)
+    gamma: float | None = None
+    nbeta: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def lower(self) -> Tensor:
+        """rank(τ)/2, the Hessian-order lower bound at each threshold."""
+        return self.ranks / 2
+
+    @property
+    def upper(self) -> float:
+        """d/2 (independent of τ)."""
+        return self.dim / 2
+
+    @property
+    def quadratic_llc(self) -> Tensor:
+        """½·soft_rank(τ): the localized SGLD target if the loss were exactly quadratic at w*."""
+        return self.soft_ranks / 2
+
+
+def _eigen_source(spectrum) -> tuple[str, Tensor | SpectralQuadrature, int]:
+    if isinstance(spectrum, Spectrum):
+        return "dense", spectrum.eigenvalues.double().cpu(), spectrum.dim
+    if isinstance(spectrum, EigenvalueCount):
+        if spectrum.quadrature is None:
+            raise ValueError("this EigenvalueCount carries no quadrature; pass the SpectralQuadrature instead")
+        spectrum = spectrum.quadrature
+    if isinstance(spectrum, SpectralQuadrature):
+        return "slq", spectrum, spectrum.dim
+    if hasattr(spectrum, "eigenvalues") and hasattr(spectrum, "dim") and not isinstance(spectrum, Tensor):
+        ev = spectrum.eigenvalues  # an LLCBounds from the dense method
+        if ev is None:
+            raise ValueError(
+                "these LLCBounds carry no eigenvalues (matrix-free method): pass the EigenvalueCount or "
+                "SpectralQuadrature from estimators.count_eigenvalues instead"
+            )
+        return "dense", ev.double().cpu(), int(spectrum.dim)
+    if isinstance(spectrum, Tensor):
+        if spectrum.dim() != 1:
+            raise ValueError(f"eigenvalues must be a 1-d tensor, got shape {tuple(spectrum.shape)}")
+        return "dense", spectrum.detach().double().cpu(), spectrum.numel()
+    raise TypeError(
+        "spectrum must be eigenvalues (Tensor), a Spectrum, LLCBounds with eigenvalues, an EigenvalueCount or "
+        f"a SpectralQuadrature; got {type(spectrum).__name__}"
+    )
+
+
+def _curve(spectrum, taus: Tensor) -> tuple[str, int, Tensor, Tensor, Tensor]:
+    method, src, dim = _eigen_source(spectrum)
+    if method == "dense":
+        h = src
+        ranks = (h[None, :] > taus[:, None]).sum(-1).double()
+        hp = h.clamp_min(0)
+        soft = (hp[None, :] / (hp[None, :] + taus[:, None])).sum(-1)
+        return method, dim, ranks, torch.zeros_like(ranks), soft
+    ranks, ses, softs = [], [], []
+    for t in taus.tolist():
+        r, se = src.trace(lambda x, t=t: (x > t).double())
+        s, _ = src.trace(lambda x, t=t: x.clamp_min(0) / (x.clamp_min(0) + t))
+        ranks.append(r)
+        ses.append(se)
+        softs.append(s)
+    return method, dim, torch.tensor(ranks, dtype=torch.float64), torch.tensor(ses, dtype=torch.float64), torch.tensor(softs, dtype=torch.float64)
+
+
+def rank_curve(spectrum, thresholds: Sequence[float] | Tensor | None = None, *, num: int = 60) -> RankCurve:
+    """Rank(τ), bounds and effective dimension over a grid of thresholds.
+
+    Args:
+        spectrum: eigenvalues (1-d Tensor), a :class:`Spectrum`, dense :class:`LLCBounds`, or an
+            :class:`EigenvalueCount` / :class:`SpectralQuadrature` (counts read from the same quadrature).
+        thresholds: τ values (> 0); default ``num`` log-spaced values from 1e-12·max|λ| to max|λ|.
+        num: grid size for the default.
+
+    Returns:
+        :class:`RankCurve`.
+
+    Raises:
+        TypeError / ValueError: unsupported spectrum, non-positive thresholds.
+
+    Example:
+        >>> c = rank_curve(torch.tensor([0.0, 1e-6, 1.0, 2.0], dtype=torch.float64), [1e-8, 1e-3])
+        >>> c.ranks.tolist(), c.upper
+        ([3.0, 2.0], 2.0)
+    """
+    method, src, dim = _eigen_source(spectrum)
+    if thresholds is None:
+        top = float(src.abs().max()) if method == "dense" else float(src.nodes.abs().max())
+        top = top if top > 0 else 1.0
+        taus = torch.logspace(math.log10(top) - 12, math.log10(top), int(num), dtype=torch.float64)
+    else:
+        taus = torch.as_tensor(thresholds, dtype=torch.float64).reshape(-1)
+        if not bool((taus > 0).all()) or not bool(torch.isfinite(taus).all()):
+            raise ValueError("thresholds must be finite and > 0 (τ = 0 counts round-off as rank)")
+        taus = taus.sort().values
+    method, dim, ranks, se, soft = _curve(spectrum, taus)
+    return RankCurve(taus, ranks, se, soft, dim, method)
+
+
+def threshold_for_sample_size(n, *, gamma: float = 1.0, nbeta=None) -> Tensor:
+    """τ(n) = γ/(nβ) with β = 1/log n by default: eigenvalues below τ(n) are effectively flat at n.
+
+    Args:
+        n: sample size(s), > 1.
+        gamma: localization strength γ > 0.
+        nbeta: nβ explicitly (same shape as n); overrides β = 1/log n.
+
+    Returns:
+        τ as a float64 tensor shaped like ``n``.
+
+    Example:
+        >>> float(threshold_for_sample_size(10_000)) == math.log(10_000) / 10_000
+        True
+    """
+    n_t = torch.as_tensor(n, dtype=torch.float64)
+    if not bool((n_t > 1).all()):
+        raise ValueError(f"sample sizes must be > 1 (β = 1/log n), got {n}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    nb = n_t / torch.log(n_t) if nbeta is None else torch.as_tensor(nbeta, dtype=torch.float64)
+    if not bool((nb > 0).all()):
+        raise ValueError(f"nbeta must be > 0, got {nbeta}")
+    return gamma / nb
+
+
+def rank_curve_vs_n(spectrum, sample_sizes, *, gamma: float = 1.0, nbeta=None) -> RankCurve:
+    """:func:`rank_curve` at τ(n) = γ/(nβ) for each n in ``sample_sizes`` (ascending n ⇒ descending τ).
+
+    The curve's ``quadratic_llc`` is then the SGLD target ½·Σ nβh/(nβh + γ) of the quadratic
+    approximation at each n (THEORY.md §3).
+    """
+    n_t = torch.as_tensor(sample_sizes, dtype=torch.float64).reshape(-1)
+    order = torch.argsort(n_t)
+    n_t = n_t[order]
+    nb = n_t / torch.log(n_t) if nbeta is None else torch.as_tensor(nbeta, dtype=torch.float64).reshape(-1)[order]
+    taus = threshold_for_sample_size(n_t, gamma=gamma, nbeta=nb)
+    method, dim, ranks, se, soft = _curve(spectrum, taus)
+    return RankCurve(taus, ranks, se, soft, dim, method, sample_sizes=n_t, gamma=float(gamma), nbeta=nb)

@@ -1,0 +1,113 @@
+"""Dense spectrum, Lanczos extreme eigenpairs and SLQ eigenvalue counts against dense eigh."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from estimators import (
+    GaussNewtonOperator,
+    HessianOperator,
+    behavioral_loss,
+    count_eigenvalues,
+    dense_spectrum,
+    lanczos,
+    stochastic_lanczos_quadrature,
+)
+
+
+def _quadratic(eigenvalues, device, seed=0):
+    """½ wᵀ A w with A = U diag(h) Uᵀ for a random orthogonal U: an operator with a known spectrum."""
+    d = len(eigenvalues)
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    A = (U * torch.as_tensor(eigenvalues, dtype=torch.float64)) @ U.T
+    A = ((A + A.T) / 2).to(device)
+    return HessianOperator(lambda w: 0.5 * w @ (A @ w), torch.zeros(d, dtype=torch.float64, device=device)), A
+
+
+def test_dense_spectrum_matches_eigvalsh(device):
+    h = torch.linspace(-1.0, 3.0, 40, dtype=torch.float64)
+    op, A = _quadratic(h, device)
+    spec = dense_spectrum(op)
+    assert torch.allclose(spec.eigenvalues, h, atol=1e-12)
+    assert spec.asymmetry < 1e-13 and spec.num_matvecs == 40
+    U = spec.eigenvectors
+    assert torch.allclose(A @ U, U * spec.eigenvalues.to(device), atol=1e-11)
+    assert spec.count_above(1.0) == int((h > 1.0).sum())
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_lanczos_extreme_eigenpairs(device, which):
+    h = torch.cat([torch.linspace(0.0, 1.0, 300, dtype=torch.float64), torch.tensor([3.0, 5.0, 8.0], dtype=torch.float64)])
+    h = h if which == "largest" else -h
+    op, A = _quadratic(h, device, seed=1)
+    res = lanczos(op, 3, which=which, tol=1e-10, generator=torch.Generator().manual_seed(2))
+    expected = torch.sort(h).values[-3:] if which == "largest" else torch.sort(h).values[:3]
+    assert res.converged
+    assert torch.allclose(res.eigenvalues, expected, atol=1e-8)
+    Y = res.eigenvectors
+    resid = (A @ Y - Y * res.eigenvalues.to(device)).norm(dim=0).cpu()
+    assert torch.allclose(resid, res.residual_norms, atol=1e-8)  # the reported residuals are the true ones
+    assert res.num_matvecs == res.num_steps < 300
+
+
+def test_slq_count_matches_dense_on_a_spread_spectrum(device):
+    # 600 eigenvalues: 250 in [1e-9, 1e-6] (flat directions) and 350 spread over [1e-2, 1]
+    g = torch.Generator().manual_seed(3)
+    h = torch.cat([10 ** (-9 + 3 * torch.rand(250, generator=g, dtype=torch.float64)),
+                   10 ** (-2 + 2 * torch.rand(350, generator=g, dtype=torch.float64))])
+    op, _ = _quadratic(h, device, seed=4)
+    count = count_eigenvalues(op, 1e-4, num_probes=24, generator=torch.Generator().manual_seed(5))
+    assert count.converged and count.num_steps < 600
+    assert abs(count.count - 350) <= 4 * count.stderr + 0.5, count
+    assert count.ci[0] <= count.count <= count.ci[1] and count.stderr > 0
+    # the same quadrature counts other thresholds at no cost
+    other = count.quadrature.count(1e-10)
+    assert abs(other.count - 600) <= 4 * other.stderr + 1.0
+
+
+def test_slq_count_on_gauss_newton_of_a_few_thousand_parameter_mlp():
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 48), nn.Tanh(), nn.Linear(48, 24), nn.Tanh(), nn.Linear(24, 3)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / math.sqrt(p.shape[-1]))
+    x = torch.randn(20, 16, generator=g, dtype=torch.float64)
+    op = GaussNewtonOperator(*behavioral_loss(net, x))
+    assert op.dim > 2000
+    ev = dense_spectrum(op, eigenvectors=False).eigenvalues
+    tau = 1e-6 * float(ev.max())
+    truth = int((ev > tau).sum())
+    assert 40 < truth <= 60  # rank ≤ n·outputs = 60
+    count = count_eigenvalues(op, tau, num_probes=16, generator=torch.Generator().manual_seed(1))
+    assert abs(count.count - truth) <= 4 * count.stderr + 0.5, (count, truth)
+    assert count.ci[0] - 2 * count.stderr <= truth <= count.ci[1] + 2 * count.stderr
+
+
+def test_slq_fixed_steps_and_exact_trace():
+    h = torch.linspace(0.5, 2.0, 60, dtype=torch.float64)
+    op, _ = _quadratic(h, "cpu", seed=6)
+    quad = stochastic_lanczos_quadrature(op, num_probes=8, num_steps=60, generator=torch.Generator().manual_seed(0))
+    assert quad.num_probes == 8 and quad.num_steps == 60
+    assert torch.allclose(quad.weights.sum(-1), torch.ones(8, dtype=torch.float64))
+    est, se = quad.trace(lambda x: x)  # Hutchinson: unbiased for tr A, exact quadrature at m = d
+    assert abs(est - float(h.sum())) <= 4 * se
+
+
+def test_slq_errors_and_unsettled_warning():
+    op, _ = _quadratic(torch.linspace(0.0, 1.0, 200, dtype=torch.float64), "cpu")
+    with pytest.raises(ValueError, match="num_probes must be ≥ 2"):
+        count_eigenvalues(op, 0.1, num_probes=1)
+    with pytest.raises(ValueError, match="threshold must be finite"):
+        count_eigenvalues(op, float("nan"))
+    with pytest.raises(TypeError, match="must be a CurvatureOperator"):
+        count_eigenvalues(torch.eye(3), 0.1)
+    with pytest.raises(ValueError, match="which must be"):
+        lanczos(op, which="middle")
+    with pytest.raises(ValueError, match="num_eigenvalues must be between"):
+        lanczos(op, 0)
+    gap, _ = _quadratic(torch.cat([torch.zeros(100), torch.linspace(0.5, 1.0, 100)]).double(), "cpu")
+    with pytest.warns(RuntimeWarning, match="still moved"):
+        c = count_eigenvalues(gap, 0.01, num_probes=4, min_steps=2, max_steps=4, generator=torch.Generator().manual_seed(0))
+    assert not c.converged and c.steps_history[0] == (2, pytest.approx(200.0))
