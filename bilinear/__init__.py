@@ -13,7 +13,7 @@ from .expand import (
 from .factored import Eigh, FactoredBilinear, FactoredMatrix, FactoredSymmetric
 from .layers import BilinearMLP, LinearAttention
 from .model import BilinearTransformer, load_model, save_model
-from .prune import PruneResult, TermBounds, prune, term_bounds, worst_case_error
+from .prune import PruneResult, TermBounds, exhaustive_worst_case, prune, term_bounds, worst_case_error
 from .tasks import Task, modular_addition, repeated_tokens
 from .train import TrainResult, accuracy, train
 
@@ -38,6 +38,7 @@ __all__ = [
     "prune",
     "term_bounds",
     "worst_case_error",
+    "exhaustive_worst_case",
     "PruneResult",
     "TermBounds",
     "Task",

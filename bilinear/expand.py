@@ -362,11 +362,11 @@ class ComponentExpansion:
         return term_bounds(self, readout=readout)
 
     def prune(self, eps: float | None = None, *, num_keep: int | None = None, tokens: Tensor | None = None,
-              rank_by: str = "bound"):
+              rank_by: str = "bound", exhaustive: bool = False):
         """Keep the largest terms; see :func:`bilinear.prune.prune`."""
         from .prune import prune
 
-        return prune(self, eps, num_keep=num_keep, tokens=tokens, rank_by=rank_by)
+        return prune(self, eps, num_keep=num_keep, tokens=tokens, rank_by=rank_by, exhaustive=exhaustive)
 
     def __repr__(self) -> str:
         return f"ComponentExpansion({len(self)} terms, {len(self._comps)} components)"

@@ -11,9 +11,10 @@ vacuous, compare Gross et al. 2024, arXiv 2406.11779):
   maxima over the finite table of V·n_ctx embedding vectors;
 * head terms whose three slots are the embedding: exact per-position table,
   b = max_{t, x_t} n(t)·[Σ_{s<t} max_{x_s} |e_tᵀ QK e_s|·‖M OV e_s‖ + |e_tᵀ QK e_t|·‖M OV e_t‖];
-* otherwise a product of per-slot suprema, each exact where the slot is the embedding and otherwise
-  ‖M‖₂·R_c, where R_c ≥ sup ‖out_c‖ is itself certified recursively, layer by layer, as the sum of the
-  bounds of component c's own terms. For MLP terms ‖u ⊙ v‖₂ ≤ min(‖u‖₂‖v‖_∞, ‖u‖_∞‖v‖₂).
+* otherwise a product of per-slot suprema sup ‖M out_c‖: exact where the slot is the embedding, the
+  per-position table above (with readout M) where it is a layer-0 head, and otherwise ‖M‖₂·R_c, where
+  R_c ≥ sup ‖out_c‖ is itself certified recursively, layer by layer, as the sum of the bounds of
+  component c's own terms. For MLP terms ‖u ⊙ v‖₂ ≤ min(‖u‖₂‖v‖_∞, ‖u‖_∞‖v‖₂).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from torch import Tensor
 from .expand import ComponentExpansion, _as_index, _readout
 from .layers import position_normaliser
 
-__all__ = ["TermBounds", "PruneResult", "term_bounds", "prune", "worst_case_error"]
+__all__ = ["TermBounds", "PruneResult", "term_bounds", "prune", "worst_case_error", "exhaustive_worst_case"]
 
 _TABLE_LIMIT = 20_000_000  # entries of the (n_ctx·V)² exact table before falling back to norm products
 
@@ -72,76 +73,93 @@ def term_bounds(expansion: ComponentExpansion, *, readout="logits") -> TermBound
         Rout = _readout(model, readout, torch.float64, dev)
         nvec = position_normaliser(cfg.n_ctx, cfg.normaliser, **f64)  # (n_ctx,)
         tpos = torch.arange(cfg.n_ctx, device=dev)
-        causal = (tpos[None, :] <= tpos[:, None]).to(torch.float64)  # (t, s)
+        causal = (tpos[None, :] <= tpos[:, None]).to(torch.float64)  # (t, s): s ≤ t
         pos_factor = float((nvec * (tpos + 1)).max())  # max_t n(t)·(t+1)
         table_ok = (cfg.n_ctx * cfg.vocab_size) ** 2 <= _TABLE_LIMIT
         comps = expansion._comps
         R: list[float] = [float(X0.norm(dim=-1).max())]
 
+        strict = (tpos[None, :] < tpos[:, None]).to(torch.float64)  # (t, s): s < t
+        qk_tables: dict[int, Tensor] = {}  # per layer-0 head: |e_tᵀ QK e_s| for all (t, x, s, y)
+
+        def qk_table(layer: int, h: int) -> Tensor:
+            attn = model.blocks[layer].attn
+            QK = attn.W_Q[h].detach().to(**f64).T @ attn.W_K[h].detach().to(**f64)  # (d_model, d_model)
+            s = (X0 @ QK @ X0.reshape(-1, X0.shape[-1]).T).abs()  # (n_ctx, V, n_ctx·V)
+            return s.reshape(cfg.n_ctx, cfg.vocab_size, cfg.n_ctx, cfg.vocab_size)  # (t, x, s, y)
+
+        def table_bound(s: Tensor, w: Tensor) -> float:
+            """max_{t, x_t} n(t)·[Σ_{s<t} max_{x_s} s·w + (s = t, x_s = x_t) term]; w: (s, y) value norms."""
+            A = s * w[None, None]  # (t, x, s, y)
+            off = (A.amax(dim=3) * strict[:, None, :]).sum(dim=2)  # (t, x)
+            diag = A[tpos, :, tpos, :].diagonal(dim1=1, dim2=2)  # (t, x): s = t, y = x
+            return float(((off + diag) * nvec[:, None]).max())
+
         def sup_norm(ci: int, M: Tensor, spec: float | None = None) -> float:  # ≥ sup ‖M out_ci‖₂
             if ci == 0:
                 return float((X0 @ M.T).norm(dim=-1).max())
-            return (_spec(M) if spec is None else spec) * R[ci]
+            generic = (_spec(M) if spec is None else spec) * R[ci]
+            c = comps[ci]
+            if table_ok and c.kind == "head" and c.layer == 0:
+                # out_ci is a layer-0 head: exact per-position table with readout M
+                if ci not in qk_tables:
+                    qk_tables[ci] = qk_table(0, c.head)
+                attn = model.blocks[0].attn
+                MOV = M @ attn.W_O[c.head].detach().to(**f64) @ attn.W_V[c.head].detach().to(**f64)
+                return min(generic, table_bound(qk_tables[ci], (X0 @ MOV.T).norm(dim=-1)))
+            return generic
 
         def sup_inf(ci: int, M: Tensor) -> float:  # ≥ sup ‖M out_ci‖_∞
             if ci == 0:
                 return float((X0 @ M.T).abs().max())
             return float(M.norm(dim=1).max()) * R[ci]
 
-        def head_consts(layer: int, h: int, Ms: tuple) -> list[dict]:
-            """Everything a head's term bounds need, computed once per head for each readout in Ms."""
-            attn = model.blocks[layer].attn
-            WQ, WK = attn.W_Q[h].detach().to(**f64), attn.W_K[h].detach().to(**f64)
-            QK = WQ.T @ WK  # (d_model, d_model)
-            shared = dict(QK=QK, spec_qk=_spec(QK), qkT_emb=sup_norm(0, QK.T), qk_emb=sup_norm(0, QK), ee=None)
-            if table_ok:
-                s = (X0 @ QK @ X0.reshape(-1, X0.shape[-1]).T).abs()  # (n_ctx, V, n_ctx·V)
-                s = s.reshape(cfg.n_ctx, cfg.vocab_size, cfg.n_ctx, cfg.vocab_size)  # (t, x, s, y)
-                shared["sqk_ee"] = float((s * causal[:, None, :, None]).max())
-            return [head_readout(attn, h, M, dict(shared), s if table_ok else None) for M in Ms]
-
-        def head_readout(attn, h: int, M: Tensor | None, k: dict, s: Tensor | None) -> dict:
-            MOV = _mat(M, attn.W_O[h].detach().to(**f64)) @ attn.W_V[h].detach().to(**f64)  # (out, d_model)
-            k.update(spec_mov=_spec(MOV), mov_emb=sup_norm(0, MOV))
-            if s is not None:
-                w = (X0 @ MOV.T).norm(dim=-1)  # (s, y)
-                A = s * w[None, None]  # (t, x, s, y)
-                strict = (tpos[None, :] < tpos[:, None]).to(torch.float64)  # (t, s): s < t
-                off = (A.amax(dim=3) * strict[:, None, :]).sum(dim=2)  # (t, x)
-                diag = A[tpos, :, tpos, :].diagonal(dim1=1, dim2=2)  # (t, x): s = t, y = x
-                k["ee"] = float(((off + diag) * nvec[:, None]).max())
-            return k
+        def head_consts(ci: int, Ms: tuple) -> list[dict]:
+            """Per-slot suprema a head's term bounds need, once per head and readout in Ms."""
+            c = comps[ci]
+            attn = model.blocks[c.layer].attn
+            QK = attn.W_Q[c.head].detach().to(**f64).T @ attn.W_K[c.head].detach().to(**f64)  # (d, d)
+            spec_qk = _spec(QK)
+            qkT = {a: sup_norm(a, QK.T, spec_qk) for a in c.sources}  # ≥ sup ‖QKᵀ out_a‖
+            qk = {b: sup_norm(b, QK, spec_qk) for b in c.sources}  # ≥ sup ‖QK out_b‖
+            s = qk_table(c.layer, c.head) if table_ok else None
+            sqk_ee = float((s * causal[:, None, :, None]).max()) if s is not None else None
+            out = []
+            for M in Ms:
+                MOV = _mat(M, attn.W_O[c.head].detach().to(**f64)) @ attn.W_V[c.head].detach().to(**f64)
+                spec_mov = _spec(MOV)
+                k = dict(qkT=qkT, qk=qk, sqk_ee=sqk_ee, mov={v: sup_norm(v, MOV, spec_mov) for v in c.sources})
+                k["ee"] = table_bound(s, (X0 @ MOV.T).norm(dim=-1)) if s is not None else None
+                out.append(k)
+            return out
 
         def head_bound(k: dict, a: int, b: int, c: int) -> float:
             if a == b == c == 0 and k["ee"] is not None:
                 return k["ee"]
-            if a == b == 0 and k["ee"] is not None:
+            if a == b == 0 and k["sqk_ee"] is not None:
                 sqk = k["sqk_ee"]
-            else:
-                left = (k["qkT_emb"] if a == 0 else k["spec_qk"] * R[a]) * R[b]
-                right = R[a] * (k["qk_emb"] if b == 0 else k["spec_qk"] * R[b])
-                sqk = min(left, right)
-            return pos_factor * sqk * (k["mov_emb"] if c == 0 else k["spec_mov"] * R[c])
+            else:  # |x_aᵀ QK x_b| ≤ min(‖QKᵀ x_a‖·‖x_b‖, ‖x_a‖·‖QK x_b‖)
+                sqk = min(k["qkT"][a] * R[b], R[a] * k["qk"][b])
+            return pos_factor * sqk * k["mov"][c]
 
-        def mlp_consts(layer: int, M: Tensor | None) -> dict:
-            mlp = model.blocks[layer].mlp
+        def mlp_consts(ci: int, M: Tensor | None) -> dict:
+            c = comps[ci]
+            mlp = model.blocks[c.layer].mlp
             W, V = mlp.W.detach().to(**f64), mlp.V.detach().to(**f64)
             MP = _mat(M, mlp.P.detach().to(**f64))  # (out, d_mlp)
             y = ((X0 @ W.T) * (X0 @ V.T)) @ MP.T  # (n_ctx, V, out): the (emb, emb) term, exact
+            sW, sV = _spec(W), _spec(V)
             return dict(spec_mp=_spec(MP), ee=float(y.norm(dim=-1).max()),
-                        W2=[sup_norm(0, W), _spec(W)], Winf=[sup_inf(0, W), float(W.norm(dim=1).max())],
-                        V2=[sup_norm(0, V), _spec(V)], Vinf=[sup_inf(0, V), float(V.norm(dim=1).max())])
+                        W2={a: sup_norm(a, W, sW) for a in c.sources}, V2={a: sup_norm(a, V, sV) for a in c.sources},
+                        Winf={a: sup_inf(a, W) for a in c.sources}, Vinf={a: sup_inf(a, V) for a in c.sources})
 
         def mlp_bound(k: dict, a: int, b: int) -> float:
             if a == b == 0:
                 return k["ee"]
-
-            def s(key, ci):  # sup of ‖·‖ of W or V applied to out_ci
-                return k[key][0] if ci == 0 else k[key][1] * R[ci]
-
-            one = min(s("W2", a) * s("Vinf", b), s("Winf", a) * s("V2", b))
+            # ‖P (W x_a ⊙ V x_b)‖ ≤ ‖P‖₂ · min(‖W x_a‖₂‖V x_b‖_∞, ‖W x_a‖_∞‖V x_b‖₂)
+            one = min(k["W2"][a] * k["Vinf"][b], k["Winf"][a] * k["V2"][b])
             if a != b:
-                one += min(s("W2", b) * s("Vinf", a), s("Winf", b) * s("V2", a))
+                one += min(k["W2"][b] * k["Vinf"][a], k["Winf"][b] * k["V2"][a])
             return k["spec_mp"] * one
 
         values = [0.0] * len(expansion)
@@ -150,9 +168,9 @@ def term_bounds(expansion: ComponentExpansion, *, readout="logits") -> TermBound
         for ci, start, end in expansion._groups[1:]:
             c = comps[ci]
             if c.kind == "head":
-                kr, ko = head_consts(c.layer, c.head, (None, Rout))
+                kr, ko = head_consts(ci, (None, Rout))
             else:
-                kr, ko = mlp_consts(c.layer, None), mlp_consts(c.layer, Rout)
+                kr, ko = mlp_consts(ci, None), mlp_consts(ci, Rout)
             total = 0.0
             for ti in range(start, end):
                 idx = [expansion._comp_index[s] for s in expansion.terms[ti].sources]
@@ -192,6 +210,9 @@ class PruneResult:
         num_sequences: number of sequences the measured error was taken over.
         eps: the requested certified budget (None when ``num_keep`` was given).
         bounds: the per-term :class:`TermBounds` used.
+        exhaustive_error: the exact worst case over *every* sequence of length n_ctx (hence every
+            prefix), by enumeration, when requested (``exhaustive=True``); else None. It is a certificate
+            too, and never above ``certified_error``.
     """
 
     kept: tuple[int, ...]
@@ -201,6 +222,7 @@ class PruneResult:
     num_sequences: int
     eps: float | None
     bounds: TermBounds = field(repr=False)
+    exhaustive_error: float | None = None
 
     @property
     def keep_mask(self) -> Tensor:
@@ -218,8 +240,44 @@ def worst_case_error(expansion: ComponentExpansion, dropped, tokens: Tensor, *, 
     return float(err.norm(dim=-1).max())
 
 
+def all_sequences(vocab_size: int, n_ctx: int, start: int, stop: int, device=None) -> Tensor:
+    """Sequences number start..stop-1 of the V^n_ctx sequences in lexicographic order, (stop - start, n_ctx)."""
+    idx = torch.arange(start, stop, device=device)
+    powers = vocab_size ** torch.arange(n_ctx - 1, -1, -1, device=device)  # (n_ctx,)
+    return (idx[:, None] // powers) % vocab_size
+
+
+def exhaustive_worst_case(expansion: ComponentExpansion, dropped_sets, *, max_sequences: int = 200_000,
+                          chunk_size: int = 512) -> list[float]:
+    """Exact sup over every sequence of length n_ctx and every position of ‖Σ_{dropped} term_t‖₂, by
+    enumerating all V^n_ctx sequences (causality: their prefixes cover every shorter sequence).
+
+    Args:
+        dropped_sets: a list of index tensors (or boolean masks); one worst case is returned for each.
+        max_sequences: refuse when V^n_ctx exceeds it.
+
+    Raises:
+        ValueError: the sequence space is larger than ``max_sequences``.
+    """
+    cfg = expansion.config
+    total = cfg.vocab_size ** cfg.n_ctx
+    if total > max_sequences:
+        raise ValueError(f"{cfg.vocab_size}^{cfg.n_ctx} = {total:.3g} sequences > max_sequences = {max_sequences}; "
+                         "use the bound-based certificate (certified_error) or raise max_sequences")
+    sets = [_as_index(d, len(expansion)) for d in dropped_sets]
+    worst = [0.0] * len(sets)
+    device = expansion.model.W_E.device
+    for start in range(0, total, chunk_size):
+        tokens = all_sequences(cfg.vocab_size, cfg.n_ctx, start, min(total, start + chunk_size), device)
+        values = expansion.evaluate(tokens)  # (num_terms, chunk, T, out)
+        for i, d in enumerate(sets):
+            if d.numel():
+                worst[i] = max(worst[i], float(values[d.to(device)].sum(0).norm(dim=-1).max()))
+    return worst
+
+
 def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: int | None = None,
-          tokens: Tensor | None = None, rank_by: str = "bound") -> PruneResult:
+          tokens: Tensor | None = None, rank_by: str = "bound", exhaustive: bool = False) -> PruneResult:
     """Keep the largest terms; drop the rest; certify and measure the error of what was dropped.
 
     With ``eps``: drop the terms with the smallest bounds b_i as long as Σ_{dropped} b_i ≤ eps (the most
@@ -234,6 +292,8 @@ def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: 
         num_keep: number of terms to keep, or None with ``eps``.
         tokens: optional (B, T) sequences on which to measure the actual worst error.
         rank_by: "bound" or "measured" (with ``num_keep`` and ``tokens`` only).
+        exhaustive: also compute the exact worst case over all V^n_ctx sequences
+            (:func:`exhaustive_worst_case`; small vocabularies and contexts only).
 
     Raises:
         ValueError: neither or both of eps / num_keep, a negative value, or rank_by="measured" without
@@ -272,5 +332,5 @@ def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: 
     return PruneResult(
         kept=tuple(kept.tolist()), dropped=tuple(sorted(dropped.tolist())), certified_error=certified,
         measured_error=measured, num_sequences=0 if tokens is None else int(tokens.shape[0]), eps=eps,
-        bounds=bounds,
+        bounds=bounds, exhaustive_error=exhaustive_worst_case(expansion, [dropped])[0] if exhaustive else None,
     )

@@ -1,4 +1,8 @@
-"""Training a bilinear transformer on a :class:`~bilinear.tasks.Task` (cross-entropy, AdamW)."""
+"""Training a bilinear transformer on a :class:`~bilinear.tasks.Task` (cross-entropy, AdamW).
+
+AdamW (Loshchilov & Hutter 2019, arXiv 1711.05101) is written out as a pure update of (params, moments)
+so that training needs no optimizer object (and does not import torch's compiler stack).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from .model import BilinearTransformer
@@ -34,10 +39,9 @@ class TrainResult:
     seed: int
 
 
-def _loss(model: BilinearTransformer, task: Task, idx: Tensor | None = None) -> Tensor:
-    tokens, targets, mask = (task.tokens, task.targets, task.mask) if idx is None else \
-        (task.tokens[idx], task.targets[idx], task.mask[idx])
-    logits = model(tokens)  # (B, T, V)
+def _loss(model: BilinearTransformer, params: dict, tokens: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """Mean cross-entropy over the masked positions, as a function of the parameters."""
+    logits = functional_call(model, params, (tokens,))  # (B, T, V)
     return F.cross_entropy(logits[mask], targets[mask])
 
 
@@ -46,6 +50,22 @@ def accuracy(model: BilinearTransformer, task: Task, logits: Tensor | None = Non
     with torch.no_grad():
         logits = model(task.tokens) if logits is None else logits
         return float((logits.argmax(-1)[task.mask] == task.targets[task.mask]).double().mean())
+
+
+def _adamw_init(params: list[Tensor]) -> dict:
+    return {"t": 0, "m": [torch.zeros_like(p) for p in params], "v": [torch.zeros_like(p) for p in params]}
+
+
+def _adamw_step(params, grads, state, *, lr: float, weight_decay: float, betas=(0.9, 0.98), eps=1e-8) -> None:
+    """m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p − lr·(m̂/(√v̂ + ε) + wd·p) (decoupled decay)."""
+    b1, b2 = betas
+    state["t"] += 1
+    c1, c2 = 1 - b1 ** state["t"], 1 - b2 ** state["t"]
+    with torch.no_grad():
+        for p, g, m, v in zip(params, grads, state["m"], state["v"]):
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.sub_(lr * ((m / c1) / ((v / c2).sqrt() + eps) + weight_decay * p))
 
 
 def train(model: BilinearTransformer, task: Task, *, steps: int = 1000, lr: float = 3e-3,
@@ -66,21 +86,25 @@ def train(model: BilinearTransformer, task: Task, *, steps: int = 1000, lr: floa
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    state = _adamw_init(params)
+    value_and_grad = torch.func.grad_and_value(
+        lambda ps, *batch: _loss(model, dict(zip(names, ps)), *batch))
     n = task.tokens.shape[0]
     losses = torch.empty(steps, dtype=torch.float64)
     bar = tqdm(range(steps), desc="train", leave=False, disable=not progress)
     for step in bar:
         idx = None if batch_size is None or batch_size >= n else torch.randperm(n, generator=g)[:batch_size]
-        loss = _loss(model, task, idx)
+        batch = (task.tokens, task.targets, task.mask) if idx is None else \
+            (task.tokens[idx], task.targets[idx], task.mask[idx])
+        grads, loss = value_and_grad([p.detach() for p in params], *batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training diverged at step {step} (loss {float(loss)}); lower lr or init_std")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        sched.step()
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(gr) for gr in grads]))
+        scale = min(1.0, grad_clip / (float(norm) + 1e-12))
+        warm = min(1.0, (step + 1) / 50)  # linear warm-up over 50 steps
+        _adamw_step(params, [gr * scale for gr in grads], state, lr=lr * warm, weight_decay=weight_decay)
         losses[step] = loss.item()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")

@@ -2,11 +2,12 @@
 
 Private machinery shared by :mod:`estimators.llc_estimate` and :mod:`estimators.calibration`.
 
-* A :class:`_Problem` is ``batch_loss(w, idx)`` for ONE chain (``w`` flat (d,), ``idx`` the batch's
-  sample indices), the full-data loss, w*, the mask of sampled coordinates and n. Models become
-  problems through ``torch.func.functional_call``; potentials directly.
-* :func:`run_chains` vmaps ``grad_and_value(batch_loss)`` over the chain dimension, so all chains
-  advance in one batched evaluation. Every chain has its own noise generator and its own batch order,
+* A :class:`_Problem` is ``batch_loss(w, x_B, y_B)`` for ONE chain (``w`` flat (d,)), the full-data
+  loss, w*, the mask of sampled coordinates and n. Models become problems through
+  ``torch.func.functional_call``; potentials directly.
+* :func:`run_chains` vmaps ``batch_loss`` over the chain dimension (each chain's batch gathered
+  outside, shape (C, B, ...)) and takes all chains' gradients with one ``torch.func.vjp``, so all
+  chains advance in one batched evaluation. Every chain has its own noise generator and its own batch order,
   both spawned from one seed (``numpy.random.SeedSequence``). Losses are stored in float64.
 """
 from __future__ import annotations

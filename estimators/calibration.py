@@ -1,10 +1,10 @@
 """Choosing the SGLD step size from short pilot runs, and checking the localization γ.
 
 Rule (stated in every result, :attr:`StepSizeCalibration.rule`): run one short pilot chain per
-candidate step size ε_k = 10^(1 − k/2)/nβ, k = 0..K−1 (all candidates vectorised together, from w*,
+candidate step size ε_k = 10^(1 − k/4)/nβ, k = 0..K−1 (K = 17) (all candidates vectorised together, from w*,
 same seed); discard the first half of each pilot; pick the LARGEST ε whose pilot did not diverge and
 whose mean Metropolis-adjusted (MALA) acceptance probability of the proposed SGLD moves is at least
-``target_acceptance`` (0.9 by default). The acceptance measures how well one Langevin step resolves
+``target_acceptance`` (0.95 by default). The acceptance measures how well one Langevin step resolves
 the localized posterior (Roberts & Tweedie 1996; THEORY.md §1 "≳ 0.9 healthy"); larger steps mix
 faster but bias the stationary distribution, smaller ones waste draws.
 
@@ -25,7 +25,7 @@ from ._chains import SGLDDivergenceError, _Problem, run_chains
 __all__ = ["StepSizeCalibration", "calibrate_step_size"]
 
 RULE = (
-    "largest ε on the grid 10^(1 − k/2)/nβ whose pilot (after discarding its first half) has mean MALA "
+    "largest ε on the grid 10^(1 − k/4)/nβ whose pilot (after discarding its first half) has mean MALA "
     "acceptance ≥ {target} and no divergence"
 )
 
@@ -64,14 +64,14 @@ def _calibrate(
     seed: int,
     divergence_threshold: float,
     pilot_steps: int = 200,
-    num_candidates: int = 11,
-    target_acceptance: float = 0.9,
+    num_candidates: int = 17,
+    target_acceptance: float = 0.95,
 ) -> StepSizeCalibration:
     if pilot_steps < 8:
         raise ValueError(f"pilot_steps must be ≥ 8, got {pilot_steps}")
     if not 0 < target_acceptance < 1:
         raise ValueError(f"target_acceptance must lie in (0, 1), got {target_acceptance}")
-    cands = torch.tensor([10.0 ** (1 - k / 2) / nbeta for k in range(num_candidates)], dtype=torch.float64)
+    cands = torch.tensor([10.0 ** (1 - k / 4) / nbeta for k in range(num_candidates)], dtype=torch.float64)
     eps = cands.to(device=problem.w0.device, dtype=problem.w0.dtype)
     # The pilot must not stop at the first divergent candidate: divergent candidates are parked at w*
     # and marked.

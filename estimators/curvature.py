@@ -130,8 +130,10 @@ class HessianOperator(CurvatureOperator):
     H·v is computed as ``jvp(grad(L), (w*,), (v,))`` (forward-over-reverse; Pearlmutter 1994, "Fast exact
     multiplication by the Hessian"), vmapped over the columns of a block; ``mode="reverse"`` uses
     ``vjp(grad(L))`` instead (reverse-over-reverse, for operations without forward-mode AD, e.g. some fused
-    attention kernels); ``mode="auto"`` tries forward mode and falls back to reverse mode on the first
-    product if forward mode is not implemented.
+    attention kernels); ``mode="auto"`` tries forward mode on the first product and switches to reverse
+    mode for good if forward mode fails (e.g. ``F.mse_loss`` against a constant target raises "ZeroTensors
+    are immutable" under forward-over-reverse in torch 2.x; writing the loss as ``((p - t) ** 2).mean()``
+    keeps the faster forward mode).
 
     Args:
         loss: ``loss(params) -> scalar``; a :class:`DataLoss` is differentiated batch by batch and the
@@ -179,10 +181,15 @@ class HessianOperator(CurvatureOperator):
                 out = self._sum(V, "forward")
                 self.mode = "forward"
                 return out
-            except (NotImplementedError, RuntimeError) as err:
-                if "forward" not in str(err).lower() and "jvp" not in str(err).lower():
-                    raise
+            except (NotImplementedError, RuntimeError) as forward_error:
+                # forward-mode AD is missing or broken for some operations (fused attention kernels,
+                # F.mse_loss with a constant target in torch 2.x: "ZeroTensors are immutable")
+                try:
+                    out = self._sum(V, "reverse")
+                except Exception as reverse_error:
+                    raise reverse_error from forward_error
                 self.mode = "reverse"
+                return out
         return self._sum(V, self.mode)
 
     def _sum(self, V: Tensor, mode: str) -> Tensor:
@@ -279,8 +286,13 @@ class GaussNewtonOperator(CurvatureOperator):
                 out = self._sum(V, "forward")
                 self.mode = "forward"
                 return out
-            except (NotImplementedError, RuntimeError) as err:
-                if "forward" not in str(err).lower() and "jvp" not in str(err).lower():
-                    raise
+            except (NotImplementedError, RuntimeError) as forward_error:
+                # forward-mode AD is missing or broken for some operations (fused attention kernels,
+                # F.mse_loss with a constant target in torch 2.x: "ZeroTensors are immutable")
+                try:
+                    out = self._sum(V, "reverse")
+                except Exception as reverse_error:
+                    raise reverse_error from forward_error
                 self.mode = "reverse"
+                return out
         return self._sum(V, self.mode)

@@ -23,7 +23,7 @@ def _axes(ax):
     return ax
 
 
-def plot_spectrum(eigenvalues: Tensor, threshold: float | None = None, *, ax=None, label: str | None = None, floor: float = 1e-300):
+def plot_spectrum(eigenvalues: Tensor, threshold: float | None = None, *, ax=None, label: str | None = None, floor: float | None = None):
     """Scatter |λ_i| (descending) on a log y-axis; negative eigenvalues as open red circles.
 
     Args:
@@ -31,7 +31,8 @@ def plot_spectrum(eigenvalues: Tensor, threshold: float | None = None, *, ax=Non
         threshold: τ to mark (a dashed line), optional.
         ax: matplotlib axes (a new figure if None).
         label: legend label of the positive eigenvalues.
-        floor: |λ| below this are drawn at ``floor`` (exact zeros have no logarithm).
+        floor: |λ| below this are drawn at ``floor`` (exact zeros have no logarithm); default
+            1e-20·max|λ|, far below float64 round-off.
 
     Returns:
         The axes.
@@ -39,6 +40,9 @@ def plot_spectrum(eigenvalues: Tensor, threshold: float | None = None, *, ax=Non
     ax = _axes(ax)
     ev = torch.as_tensor(eigenvalues).detach().double().cpu().reshape(-1)
     order = torch.argsort(ev.abs(), descending=True)
+    if floor is None:
+        top = float(ev.abs().max()) if len(ev) else 0.0
+        floor = 1e-20 * top if top > 0 else 1e-300
     mag = ev.abs()[order].clamp_min(floor)
     idx = torch.arange(1, len(ev) + 1)
     neg = ev[order] < 0

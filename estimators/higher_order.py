@@ -22,9 +22,10 @@ What is certified and what is observed (see :class:`QuarticAnalysis`):
 * Small null spaces (at most ``max_monomials`` quartic monomials): g₄(Nx) is a quartic form in
   x ∈ R^k; its coefficients are recovered by least squares from evaluations at random points (exact up
   to rounding, the fit residual is reported). "Zero" is certified when Σ|c_α| ≤ atol (a bound on
-  |g₄| over the whole unit sphere); "positive definite" is certified by interval branch-and-bound on
-  the faces of the cube (q(x) − atol·‖x‖⁴ > 0 on every face, so g₄ > atol on the sphere); "not positive
-  definite" and "not zero" are certified by witness directions.
+  |g₄| over the whole unit sphere); "positive definite" is certified by a sum-of-squares Gram matrix
+  (q = m(x)ᵀQm(x) with ‖m(x)‖² = ‖x‖⁴, so g₄ ≥ λ_min(Q) − rounding on the sphere; Parrilo 2003) or,
+  failing that, by interval branch-and-bound on the faces of the cube (q(x) − atol·‖x‖⁴ > 0 on every
+  face); "not positive definite" and "not zero" are certified by witness directions.
 * Large null spaces: g₄ is minimised on the unit sphere of the null space with seeded restarts (exact
   line search in 2-planes). A witness with |g₄| > atol certifies g₄ ≢ 0; positive definiteness and
   g₄ ≡ 0 are only observed, and the returned bounds do not rely on them.
@@ -300,6 +301,70 @@ def _certify_positive(E: np.ndarray, c: np.ndarray, margin: float, max_boxes: in
     return True, margin, processed
 
 
+def _certify_sos(E: np.ndarray, c: np.ndarray, margin: float, maxiter: int = 400) -> tuple[bool, float]:
+    """Prove q(u) > margin on the unit sphere with a sum-of-squares (Gram matrix) certificate.
+
+    With m(x) = (x_i², √2·x_i·x_j (i < j)), ‖m(x)‖² = ‖x‖⁴, so any symmetric Q with q(x) = m(x)ᵀQm(x)
+    gives q(u) ≥ λ_min(Q) on the unit sphere (Parrilo 2003, Math. Program. 96; Choi, Lam & Reznick 1995).
+    The Gram matrices form an affine space; λ_min is maximised over it by L-BFGS on a soft minimum of
+    the eigenvalues. The identity holds up to the rounding residual ρ = q − mᵀQm, bounded on the sphere
+    by Σ_α |ρ_α| (as |u^α| ≤ 1), so the proven bound is λ_min(Q) − Σ|ρ_α|. Returns (proved, bound).
+    """
+    from scipy.optimize import minimize
+
+    k = E.shape[1]
+    index = {tuple(a): i for i, a in enumerate(E.tolist())}
+    beta, scale2 = [], []
+    for i in range(k):
+        for j in range(i, k):
+            b = [0] * k
+            b[i] += 1
+            b[j] += 1
+            beta.append(b)
+            scale2.append(1.0 if i == j else math.sqrt(2.0))
+    n2 = len(beta)
+    pairs = [(a, b) for a in range(n2) for b in range(a, n2)]
+    A = np.zeros((len(index), len(pairs)))
+    for col, (a, b) in enumerate(pairs):
+        alpha = tuple(x + y for x, y in zip(beta[a], beta[b]))
+        A[index[alpha], col] = scale2[a] * scale2[b] * (1.0 if a == b else 2.0)
+    q0 = np.linalg.lstsq(A, c, rcond=None)[0]
+    _, sv, vt = np.linalg.svd(A)
+    null = vt[int((sv > 1e-10 * sv.max()).sum()):].T  # free directions of the Gram matrix
+    rows = np.array([a for a, _ in pairs])
+    cols = np.array([b for _, b in pairs])
+    off = rows != cols
+
+    def gram(y):
+        qv = q0 + null @ y
+        Q = np.zeros((n2, n2))
+        Q[rows, cols] = qv
+        Q[cols, rows] = qv
+        return Q, qv
+
+    size = max(np.abs(c).max(), 1e-300)
+    mu = 50.0 / size
+
+    def objective(y):
+        Q, _ = gram(y)
+        lam, V = np.linalg.eigh(Q)
+        z = -mu * (lam - lam[0])
+        w = np.exp(z)
+        soft = lam[0] - np.log(w.sum()) / mu
+        w /= w.sum()
+        # ∂λ_i/∂q_ab = v_a v_b (a = b) or 2·v_a v_b (a ≠ b)
+        dq = (V[rows] * V[cols] * w).sum(1) * np.where(off, 2.0, 1.0)
+        return -soft / size, -(null.T @ dq) / size
+
+    y = np.zeros(null.shape[1])
+    if null.shape[1]:
+        y = minimize(objective, y, jac=True, method="L-BFGS-B", options={"maxiter": maxiter}).x
+    Q, qv = gram(y)
+    residual = np.abs(A @ qv - c).sum()
+    bound = float(np.linalg.eigvalsh(Q)[0] - residual)
+    return bound > margin, bound
+
+
 # --------------------------------------------------------------------------------------------
 # Public: the analysis
 # --------------------------------------------------------------------------------------------
@@ -340,7 +405,7 @@ def analyze_quartic(
     max_monomials: int = 500,
     restarts: int = 8,
     steps: int = 50,
-    max_boxes: int = 200_000,
+    max_boxes: int = 20_000,
     max_rank: int = 256,
     taylor: TaylorMode | None = None,
 ) -> QuarticAnalysis:
@@ -417,6 +482,10 @@ def analyze_quartic(
             return Z - (Z @ U) @ U.T
 
         lam_max = float(lam.max()) if rank else 0.0
+        lanczos_note = (
+            f"range(H) from the top {rank} eigenpairs by Lanczos (scipy eigsh, tol 1e-12)"
+            + (f"; smallest of them {float(lam.min()):.3g}" if rank else "")
+        )
     else:
         raise ValueError("pass the dense eigendecomposition (eigenvalues=, eigenvectors=) or an hvp (v ↦ Hv)")
 
@@ -448,6 +517,8 @@ def analyze_quartic(
     atol = rtol * scale
     cubic_max = float(cubic.abs().max())
     certified_st, observed_st = [], []
+    if N is None:
+        observed_st.append(lanczos_note)
     fit_residual = None
     exps = coefs = None
     certified_lower = None
@@ -472,7 +543,10 @@ def analyze_quartic(
     i = int(vmin.argmin())
     zstar = Zmin[i : i + 1]
     g4_star = float(q.values(zstar)[0])  # re-evaluate the true g₄ (not the fit) at the minimiser
-    minimum = min(g4_star, float(g4.min()))
+    if float(g4.min()) < g4_star:  # a sampled start was better than every search end point
+        zstar = Z0[int(g4.argmin())][None]
+        g4_star = float(g4.min())
+    minimum = g4_star
     maximum_abs = float(g4.abs().max())
     if maximum_abs <= atol:
         Zmax, vmax = _sphere_minimise(search, unit(n_restarts), steps, project, sign=-1.0, stop_below=-atol,
@@ -509,12 +583,17 @@ def analyze_quartic(
         classification = "positive definite"
         certified = False
         if use_coefficients and fit_residual <= atol:
-            ok, bound, boxes = _certify_positive(np.array(exps), coefs.detach().cpu().numpy(), atol, max_boxes)
+            E_np, c_np = np.array(exps), coefs.detach().cpu().numpy()
+            ok, bound = _certify_sos(E_np, c_np, atol)
+            how = "a sum-of-squares Gram-matrix certificate"
+            if not ok:
+                ok, bound, boxes = _certify_positive(E_np, c_np, atol, max_boxes)
+                how = f"interval branch-and-bound ({boxes} boxes)"
             if ok:
                 certified, certified_lower = True, bound
                 certified_st.append(
-                    f"g₄ > {tol_text} on the unit sphere of the null space: interval branch-and-bound on the fitted "
-                    f"quartic ({boxes} boxes; fit residual {fit_residual:.2g} over {n_samples} evaluations)"
+                    f"g₄ ≥ {bound:.3g} > {tol_text} on the unit sphere of the null space: {how} on the fitted "
+                    f"quartic (fit residual {fit_residual:.2g} over {n_samples} evaluations)"
                 )
         if not certified:
             observed_st.append(
@@ -562,9 +641,11 @@ def sharpen_bounds(
     g₄ ≢ 0 (certified by a witness) → r/2 + 1/4 ≤ λ ≤ r/2 + k/4;
     g₄ ≡ 0 within atol (certified by the coefficients) → r/2 ≤ λ ≤ r/2 + k/6;
     g₄ ≡ 0 only observed → r/2 ≤ λ ≤ r/2 + k/4 (the k/6 bound is listed in ``observed``);
-    indefinite (w* not a minimum along the null space) → ``base``'s bounds unchanged.
+    indefinite (w* not a minimum along the null space), or ``base.is_minimum`` False → ``base``'s bounds.
     ``lower``/``upper`` only ever hold certified bounds (intersected with ``base``'s); statements that
-    rest on sampling go to ``observed``. ``options`` go to :func:`analyze_quartic`.
+    rest on sampling go to ``observed``. When the rank itself was estimated stochastically
+    (``base.rank_ci`` set, e.g. SLQ) every bound is conditional on it: the bound statements go to
+    ``observed`` and ``exact`` stays False. ``options`` go to :func:`analyze_quartic`.
 
     Returns:
         A new :class:`LLCBounds` with ``order=4`` and ``quartic`` set. The full analysis is attached as
@@ -589,6 +670,10 @@ def bounds_from_quartic(base: LLCBounds, qa: QuarticAnalysis) -> LLCBounds:
     half = Fraction(r, 2)
     certified = list(base.certified) + list(qa.certified_statements)
     observed = list(base.observed) + list(qa.observed_statements)
+    stochastic_rank = base.rank_ci is not None
+    # with a sampled rank (SLQ) every bound on λ is conditional on it: it goes to ``observed``
+    bound_statements = observed if stochastic_rank else certified
+    prefix = f"given the estimated rank r = {r}: " if stochastic_rank else ""
     cls = qa.classification
     exact = False
     if k == 0:
@@ -598,21 +683,26 @@ def bounds_from_quartic(base: LLCBounds, qa: QuarticAnalysis) -> LLCBounds:
     elif cls == "positive definite" and qa.certified:
         lower = upper = half + Fraction(k, 4)
         exact = True
-        certified.append(f"λ = r/2 + k/4 = {lower} exactly, m = 1 (g₄ positive definite on the null space)")
+        bound_statements.append(prefix + f"λ = r/2 + k/4 = {lower} exactly, m = 1 (g₄ positive definite on the null space)")
     elif cls in ("positive definite", "degenerate"):
         lower, upper = half + Fraction(1, 4), half + Fraction(k, 4)
-        certified.append(f"order 4 on the null space: r/2 + 1/4 ≤ λ ≤ r/2 + k/4, i.e. [{lower}, {upper}]")
+        bound_statements.append(prefix + f"order 4 on the null space: r/2 + 1/4 ≤ λ ≤ r/2 + k/4, i.e. [{lower}, {upper}]")
     elif cls == "zero" and qa.certified:
         lower, upper = half, half + Fraction(k, 6)
-        certified.append(f"g₄ ≡ 0 within tolerance ⇒ order ≥ 6: r/2 ≤ λ ≤ r/2 + k/6, i.e. [{lower}, {upper}]")
+        bound_statements.append(prefix + f"g₄ ≡ 0 within tolerance ⇒ order ≥ 6: r/2 ≤ λ ≤ r/2 + k/6, i.e. [{lower}, {upper}]")
     elif cls == "zero":
         lower, upper = half, half + Fraction(k, 4)
         observed.append(f"if g₄ ≡ 0 (observed only), λ ≤ r/2 + k/6 = {half + Fraction(k, 6)}")
     else:  # indefinite: the order-4 theory of a minimum does not apply
         lower, upper = base.lower, base.upper
+    if getattr(base, "is_minimum", None) is False and k:
+        # the order-2 check already found w* is not a minimum: the order-4 rules do not apply either
+        lower, upper, exact = base.lower, base.upper, False
+        observed.append("order-4 bounds not applied: the order-2 analysis found that w* is not a local minimum")
     lower, upper = max(lower, base.lower), min(upper, base.upper)
     if lower > upper:  # cannot happen for consistent inputs; never return an empty interval silently
         raise ValueError(f"order-4 bounds [{lower}, {upper}] contradict the order-2 bounds [{base.lower}, {base.upper}]")
+    exact = exact and not stochastic_rank
     return replace(
         base, lower=lower, upper=upper, exact=exact or (lower == upper and base.exact), order=4, quartic=cls,
         certified=tuple(certified), observed=tuple(observed),

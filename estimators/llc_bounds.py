@@ -194,7 +194,7 @@ def llc_bounds(
     else:
         from .lanczos import lanczos
 
-        top = lanczos(op, 1, tol=1e-6, generator=generator)
+        top = lanczos(op, 1, tol=1e-4, max_steps=200, generator=generator)  # λ_max only sets the scale of τ
         lam_max = abs(float(top.eigenvalues[-1]))
         lam_min = None
         used_rtol = (_DEFAULT_SLQ_RTOL if rtol is None else rtol) if threshold is None else None

@@ -115,7 +115,7 @@ class LLCDiagnostics:
     warnings: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LLCEstimate:
     """An SGLD estimate λ̂ = nβ·(mean sampled loss − L_n(w*)) with its uncertainty and settings.
 
@@ -337,7 +337,7 @@ def estimate_llc(
     data,
     *,
     num_chains: int = 4,
-    num_draws: int = 400,
+    num_draws: int = 1000,
     num_burnin: int | None = None,
     step_size: float | None = None,
     localization: float = 1.0,
@@ -435,7 +435,7 @@ def estimate_behavioral_llc(
 
 
 def _run_kwargs(kwargs: dict) -> dict:
-    allowed = {"num_chains": 4, "num_draws": 400, "num_burnin": None, "step_size": None, "mala_every": 5,
+    allowed = {"num_chains": 4, "num_draws": 1000, "num_burnin": None, "step_size": None, "mala_every": 5,
                "checkpoint_path": None, "checkpoint_every_draws": 0, "resume": False}
     unknown = set(kwargs) - set(allowed)
     if unknown:

@@ -147,10 +147,6 @@ def _scale(a: _Jet, s) -> _Jet:
     return _Jet([None if c is None else c * s for c in a.c])
 
 
-def _neg(a: _Jet) -> _Jet:
-    return _Jet([None if c is None else -c for c in a.c])
-
-
 def _sum_jets(a: _Jet, b: _Jet, alpha=1) -> _Jet:
     return _Jet([_add(x, None if y is None else (y * alpha if alpha != 1 else y)) for x, y in zip(a.c, b.c)])
 

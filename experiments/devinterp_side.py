@@ -11,8 +11,8 @@ default (init loss on a few batches, burn-in averaged in).
 """
 from __future__ import annotations
 
+import functools
 import math
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -44,6 +44,7 @@ def devinterp_llc(model, loss_fn, x: Tensor, y: Tensor, *, num_chains: int, num_
                   step_size: float, localization: float, nbeta: float | None = None, batch_size: int, seed: int = 0,
                   progress: bool = False) -> DevinterpResult:
     """devinterp's SGLD loop on the same problem; λ̂ = nβ·(mean draw loss − full-data L(w*))."""
+    import devinterp.slt.sampler as dsampler
     from devinterp.slt.config import SAMPLING_METHODS
     from devinterp.slt.sampler import sample_single_chain
 
@@ -67,9 +68,9 @@ def devinterp_llc(model, loss_fn, x: Tensor, y: Tensor, *, num_chains: int, num_
 
     ds = _Packed(x, y)
     masks = {name: None for name, _ in model.named_parameters()}
-    old = os.environ.get("TQDM_DISABLE")
-    if not progress:
-        os.environ["TQDM_DISABLE"] = "1"
+    old = dsampler.trange
+    if not progress:  # devinterp opens one progress bar per chain; silence it for the duration
+        dsampler.trange = functools.partial(old, disable=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -82,10 +83,7 @@ def devinterp_llc(model, loss_fn, x: Tensor, y: Tensor, *, num_chains: int, num_
                     batch_size=batch_size,
                 )
     finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
+        dsampler.trange = old
     per_chain = nb * (traces.mean(1) - baseline)
     se = float(per_chain.std() / math.sqrt(num_chains)) if num_chains > 1 else float("nan")
     return DevinterpResult(float(per_chain.mean()), se, tuple(float(v) for v in per_chain), traces, baseline)

@@ -49,9 +49,34 @@ def _num(expr: sp.Expr) -> float:
 class _Translator:
     """Evaluates an expression on tensors; ``env`` maps symbols to tensors or floats."""
 
-    def __init__(self, env: Mapping[sp.Symbol, object], safe_cache: dict | None = None):
+    def __init__(self, env: Mapping[sp.Symbol, object], safe_cache: dict | None = None,
+                 groups: Tensor | None = None, variables: tuple = ()):
         self.env = dict(env)
         self.safe_cache = {} if safe_cache is None else safe_cache
+        self.groups = groups  # (..., G, d) when the variables are the d coordinates of each group
+        self.variables = variables
+
+    def _symmetric(self, e):
+        """If ``e`` (an Add or Mul) contains f(a_1), ..., f(a_d) for every group variable, return
+        (f(a_1), the other arguments); evaluated as one op on the (..., G, d) tensor, then reduced."""
+        if self.groups is None or len(e.args) < len(self.variables):
+            return None
+        v0 = self.variables[0]
+        args = list(e.args)
+        for t in args:
+            if t.free_symbols & set(self.variables) == {v0}:
+                family = [t.xreplace({v0: v}) for v in self.variables]
+                if all(f in args for f in family):
+                    rest = list(args)
+                    for f in family:
+                        rest.remove(f)
+                    return t, rest
+        return None
+
+    def _on_groups(self, template):
+        env = dict(self.env)
+        env[self.variables[0]] = self.groups
+        return _Translator(env, self.safe_cache)(template)
 
     def __call__(self, e: sp.Basic):
         if e in self.env:
@@ -65,10 +90,20 @@ class _Translator:
         if isinstance(e, sp.Add):
             return self._add(e)
         if isinstance(e, sp.Mul):
-            out = 1.0
-            for arg in e.args:
-                out = out * self(arg)
-            return out
+            sym = self._symmetric(e)
+            if sym is not None:
+                template, rest = sym
+                out = self._on_groups(template).prod(-1)
+                return out * self(sp.Mul(*rest)) if rest else out
+            factors = [self(arg) for arg in e.args]
+            const = math.prod(f for f in factors if not isinstance(f, Tensor))
+            tensors = [f for f in factors if isinstance(f, Tensor)]
+            if not tensors:
+                return const
+            out = tensors[0]
+            for t in tensors[1:]:
+                out = out * t
+            return out * const if const != 1 else out
         if isinstance(e, sp.Pow):
             return self._pow(e)
         if isinstance(e, sp.log):
@@ -93,7 +128,11 @@ class _Translator:
         )
 
     def _add(self, e: sp.Add):
-        # log1p is handled in _log; here just sum, constants last to keep tensors first
+        sym = self._symmetric(e)
+        if sym is not None:
+            template, rest = sym
+            out = self._on_groups(template).sum(-1)
+            return out + self(sp.Add(*rest)) if rest else out
         terms = [self(a) for a in e.args]
         tensors = [t for t in terms if isinstance(t, Tensor)]
         const = sum(t for t in terms if not isinstance(t, Tensor))
@@ -106,6 +145,10 @@ class _Translator:
 
     def _pow(self, e: sp.Pow):
         base, exp = e.args
+        if exp == sp.Rational(1, 2) and isinstance(base, sp.Add) and self.groups is not None:
+            sym = self._symmetric(base)
+            if sym is not None and not sym[1] and sym[0] == self.variables[0] ** 2:
+                return torch.linalg.vector_norm(self.groups, dim=-1)  # sqrt(Σ a_i²), fused
         x = self(base)
         if not isinstance(x, Tensor) and exp.is_Number:
             return x ** _num(exp)
@@ -192,10 +235,11 @@ class _Translator:
                 c_t = c
             if c_t is False:
                 continue
+            guard = _needs_guard(branch)
             if taken is None:
                 sel = c_t
-            elif c_t is None:
-                sel = ~taken
+            elif c_t is None:  # 'otherwise': earlier wheres override it, a mask is needed only to guard
+                sel = ~taken if guard else None
             else:
                 sel = c_t & ~taken
             used = [s for s in symbols if s in branch.free_symbols]
@@ -205,13 +249,13 @@ class _Translator:
                 self.safe_cache[key] = _safe_point(branch.subs(consts), used) if used else {}
             safe = self.safe_cache[key]
             env = dict(self.env)
-            if sel is not None:
+            if sel is not None and guard:
                 for s in used:
                     env[s] = torch.where(sel, self.env[s], safe[s])
             value = _Translator(env, self.safe_cache)(branch)
-            selectors.append(sel)
+            selectors.append(None if c_t is None else sel)
             values.append(value)
-            if sel is None:
+            if c_t is None:
                 break
             taken = sel if taken is None else taken | sel
         if not values:
@@ -222,6 +266,17 @@ class _Translator:
         for sel, value in zip(reversed(selectors[:-1]), reversed(values[:-1])):
             out = torch.where(sel, value, out)
         return out
+
+
+def _needs_guard(expr: sp.Expr) -> bool:
+    """Whether a branch can be non-finite (or have a non-finite gradient) somewhere: logs, division,
+    fractional powers, special functions. Polynomials, Abs, exp, sign and friends never are."""
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Pow) and not (node.exp.is_Integer and node.exp >= 0):
+            return True
+        if isinstance(node, (sp.log, sp.loggamma, sp.Piecewise)):
+            return True
+    return False
 
 
 def _safe_point(expr: sp.Expr, symbols: Sequence[sp.Symbol]) -> dict:
@@ -268,13 +323,21 @@ def torch_function(
                 f"the last dimension must be a multiple of {d} (groups of {d} variables), got shape {tuple(a.shape)}"
             )
         env = dict(env0)
+        groups = None
         if d == 1:
             env[variables[0]] = a
         else:
             groups = a.reshape(*a.shape[:-1], a.shape[-1] // d, d)  # (..., n/d, d)
             for k, v in enumerate(variables):
                 env[v] = groups[..., k]
-        out = _Translator(env, safe_cache)(expr)
+        translate = _Translator(env, safe_cache, groups, variables)
+        if reduce:  # constant factors go outside the sum: c·Σ_g f(a_g)
+            factor, body = expr.as_independent(*variables, as_Add=False)
+            if factor != 1 and body.free_symbols:
+                inner = translate(body)
+                if isinstance(inner, Tensor) and inner.shape == (a.shape if d == 1 else a.shape[:-1] + (a.shape[-1] // d,)):
+                    return inner.sum(-1) * translate(factor)
+        out = translate(expr)
         shape = a.shape if d == 1 else a.shape[:-1] + (a.shape[-1] // d,)
         if not isinstance(out, Tensor):
             out = torch.full(shape, out, dtype=a.dtype, device=a.device)

@@ -45,11 +45,16 @@ class _Family:
     density: sp.Expr  # in _A or _X, parameters below
     parameters: tuple[sp.Symbol, ...]
     to_values: Callable[[tuple], dict]  # scipy fit (shape..., loc, scale) → {symbol name: value}
+    logpdf: Callable | None = None  # overrides dist.logpdf where scipy's underflows to −inf
+
+
+def _laplace_logpdf(x, loc, scale):
+    return -np.abs(x - loc) / scale - np.log(2 * scale)  # scipy's laplace.logpdf is log(pdf): −inf far out
 
 
 FAMILIES: dict[str, _Family] = {
     "laplace": _Family("real", stats.laplace, sp.exp(-sp.Abs(_A) / _S) / (2 * _S), (_S,),
-                       lambda p: {"s": p[-1]}),
+                       lambda p: {"s": p[-1]}, _laplace_logpdf),
     "gaussian": _Family("real", stats.norm, sp.exp(-_A**2 / (2 * _S**2)) / sp.sqrt(2 * sp.pi * _S**2), (_S,),
                         lambda p: {"s": p[-1]}),
     "cauchy": _Family("real", stats.cauchy, 1 / (sp.pi * _S * (1 + _A**2 / _S**2)), (_S,), lambda p: {"s": p[-1]}),
@@ -184,10 +189,11 @@ def fit_prior(samples, families: Sequence[str] | None = None, *, test_fraction: 
             continue
         with np.errstate(all="ignore"):
             params = fam.dist.fit(nz_train, floc=0)
-        ll_train = _loglik(train, fam.dist, params, zero_fraction, point_mass)
-        ll_test = _loglik(test, fam.dist, params, zero_fraction, point_mass)
+        logpdf = fam.logpdf or fam.dist.logpdf
+        ll_train = _loglik(train, logpdf, params, zero_fraction, point_mass)
+        ll_test = _loglik(test, logpdf, params, zero_fraction, point_mass)
         if not np.all(np.isfinite(ll_test)):
-            skipped.append((name, "held-out likelihood is zero for some samples"))
+            skipped.append((name, "held-out log-likelihood is −inf for some samples (outside the support)"))
             continue
         values = {k: float(v) for k, v in fam.to_values(params).items()}
         if point_mass:
@@ -207,13 +213,13 @@ def fit_prior(samples, families: Sequence[str] | None = None, *, test_fraction: 
     return PriorFit(tuple(ranking), zero_fraction, train.size, test.size, seed, tuple(skipped), point_mass)
 
 
-def _loglik(x, dist, params, zero_fraction, point_mass):
+def _loglik(x, logpdf, params, zero_fraction, point_mass):
     out = np.empty_like(x)
     zero = x == 0
     with np.errstate(all="ignore"):
         if point_mass:
             out[zero] = np.log(zero_fraction)
-            out[~zero] = np.log1p(-zero_fraction) + dist.logpdf(x[~zero], *params)
+            out[~zero] = np.log1p(-zero_fraction) + logpdf(x[~zero], *params)
         else:
-            out[:] = dist.logpdf(x, *params)
+            out[:] = logpdf(x, *params)
     return out

@@ -241,7 +241,7 @@ def prior_from_penalty(penalty, variables, *, parameters: Sequence[sp.Symbol] = 
     support = _support(variables, support)
     slab, l0_weight = _split_l0(penalty, variables)
     scale = strength if strength is not None else sp.Integer(1)
-    rho_slab, _ = _split_constant(sp.expand(scale * slab), variables)
+    rho_slab, _ = _split_constant(scale * slab, variables)
     if l0_weight is not None:
         l0_weight = sp.simplify(scale * l0_weight)
     _check_nonnegative(sp.exp(-rho_slab), variables, parameters, support, what="exp(−penalty)")
@@ -295,8 +295,11 @@ def _split_l0(penalty, variables):
 
 
 def _split_constant(expr, variables):
-    """expr = (terms with variables) + (constant terms)."""
-    expr = sp.expand(expr)
+    """expr = (terms with variables) + (constant terms), splitting the top-level sum only.
+
+    A product or power is kept whole (its hidden constants, e.g. the 1 in (1 + |a|)(1 + |b|), stay in
+    the penalty), so the penalty keeps the structure that makes its torch function fast.
+    """
     terms = sp.Add.make_args(expr)
     var_part = sp.Add(*[t for t in terms if t.free_symbols & set(variables)])
     const = sp.Add(*[t for t in terms if not (t.free_symbols & set(variables))])

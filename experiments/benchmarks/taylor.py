@@ -164,7 +164,7 @@ def main(argv=None) -> str:
         "",
         "Rotated potential ½Σ_{i<r}(u_i + 0.7·z_{i mod k}²)² + ¼Σ z_j⁴ with r = 16 (its T₄ alone is wrong: the Schur "
         "correction removes the 0.7² terms; g₄ = Σz⁴/4 is positive definite, λ = r/2 + k/4). float64. "
-        "`analyze_quartic` with default settings: coefficient fit + branch-and-bound certificate while "
+        "`analyze_quartic` with default settings: coefficient fit + sum-of-squares (or branch-and-bound) certificate while "
         "C(k+3, 4) ≤ 500 (k ≤ 9), seeded sphere search (8 restarts) beyond.",
         "",
         "| k | d | rank found | dense Hessian + eigh (s) | order-4 analysis (s) | method | g₄ evaluations | result | certified |",

@@ -26,10 +26,6 @@ TITLE = "Hessian-rank bounds on the LLC (issue 3)"
 ORDER = 20
 
 
-def _fmt(x) -> str:
-    return str(x)
-
-
 def _zoo_table(ctx, rows_out: list, spectra: dict) -> str:
     lines = [
         "| model | d | rank r | lower r/2 | exact λ | upper d/2 | λ in bounds | exact? | τ |",
@@ -65,7 +61,7 @@ def run(ctx) -> str:
     table = _zoo_table(ctx, oks, spectra)
     out.append(
         "Order-2 bounds r/2 ≤ λ ≤ d/2 (splitting lemma, THEORY.md §3) from the dense float64 Hessian of the "
-        "population-free empirical loss (n = 200 noise-free samples) at the true parameter, default threshold "
+        "empirical loss (n = 200 noise-free samples) at the true parameter, default threshold "
         "τ = d·ε·max|λ|. Exact λ from Aoyagi & Watanabe 2005 / Aoyagi 2024 and the normal-crossing formula.\n"
     )
     out.append(table)
@@ -119,11 +115,13 @@ def run(ctx) -> str:
         ax.set_title(f"{name}: Hessian spectrum", fontsize=9)
     b_tr = results["training loss"][0]
     plot_spectrum(b_tr.eigenvalues, b_tr.threshold, ax=axes[2], label="training loss")
-    axes[2].scatter(torch.arange(1, b_beh.dim + 1), b_beh.eigenvalues.abs().sort(descending=True).values.clamp_min(1e-300),
+    axes[2].scatter(torch.arange(1, b_beh.dim + 1), b_beh.eigenvalues.abs().sort(descending=True).values.clamp_min(1e-20 * b_beh.max_eigenvalue),
                     s=6, marker="x", label="behavioral loss")
     axes[2].legend(fontsize=7)
     axes[2].set_title("trained MLP: Hessian spectra", fontsize=9)
     out.append(f"![Hessian spectra on a log scale with the threshold τ marked]({ctx.savefig(fig, 'spectra')})\n")
+    out.append("Open red circles: negative eigenvalues (|λ| shown); exact zeros are drawn at 1e-20·max|λ|. The zoo "
+               "models have a clean gap of ~12 orders of magnitude at τ; the trained network has none.\n")
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     plot_rank_curve(rank_curve(b_tr), ax=axes[0], title="trained MLP, training loss: bounds vs τ")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bilinear import expand, prune, term_bounds
+from bilinear import exhaustive_worst_case, expand, prune, term_bounds
 from tests.bilinear._bilinear_helpers import all_sequences, random_model
 
 TINY = [  # exhaustive: every sequence over a 3-token vocabulary and context 3 (27 sequences)
@@ -39,7 +39,7 @@ def test_pruning_certificate_covers_the_exhaustive_worst_case(device, case):
     model = _tiny(device, case)
     exp = expand(model)
     seqs = all_sequences(3, 3, device)
-    full = model(seqs)
+    full = model(seqs).detach()
     total = float(term_bounds(exp).values.sum())
     for eps in (0.0, 0.01, 0.1, 1.0, 10.0, total):
         r = prune(exp, eps, tokens=seqs)
@@ -47,6 +47,9 @@ def test_pruning_certificate_covers_the_exhaustive_worst_case(device, case):
         assert r.measured_error <= r.certified_error * (1 + 1e-12) + 1e-12
         pruned = exp.evaluate_sum(seqs, keep=r.keep_mask)
         assert abs(float((full - pruned).norm(dim=-1).max()) - r.measured_error) < 1e-9
+    r = prune(exp, num_keep=len(exp) // 3, tokens=seqs, exhaustive=True)
+    assert abs(r.exhaustive_error - r.measured_error) < 1e-12 * max(1.0, r.measured_error)  # seqs = all of them
+    assert r.exhaustive_error <= r.certified_error * (1 + 1e-12)
     assert len(prune(exp, total).kept) == 0
     assert prune(exp, 0.0).dropped == ()
     for k in (1, len(exp) // 2):
@@ -67,5 +70,7 @@ def test_prune_rejects_bad_arguments():
         prune(exp, num_keep=10 ** 6)
     with pytest.raises(ValueError, match="rank_by='measured' needs tokens"):
         prune(exp, num_keep=2, rank_by="measured")
+    with pytest.raises(ValueError, match="max_sequences"):
+        exhaustive_worst_case(exp, [torch.arange(3)], max_sequences=10)
     with pytest.raises(TypeError, match="ComponentExpansion"):
         term_bounds(expand(_tiny("cpu", TINY[0]), "path"))

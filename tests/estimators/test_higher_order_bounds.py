@@ -43,7 +43,7 @@ def test_w1sq_plus_w2quartic_is_exactly_three_quarters(device):
     b = _order4(lambda w: w[0] ** 2 + w[1] ** 4, 2, device)
     assert (b.rank, b.nullity, b.order, b.quartic) == (1, 1, 4, "positive definite")
     assert b.exact and b.lower == b.upper == Fraction(3, 4)
-    assert any("branch-and-bound" in s for s in b.certified)
+    assert any("sum-of-squares" in s for s in b.certified)
 
 
 def test_schur_correction_on_w1_minus_w2sq():
@@ -170,13 +170,24 @@ def test_invalid_input_raises():
 
 
 def test_through_llc_bounds_when_available():
-    from estimators import llc_bounds as module
+    import importlib
 
-    llc_bounds = getattr(module, "llc_bounds", None)
+    llc_bounds = getattr(importlib.import_module("estimators.llc_bounds"), "llc_bounds", None)
     if llc_bounds is None:
         pytest.skip("estimators.llc_bounds.llc_bounds (issue 3) not written yet")
     b = llc_bounds(lambda w: w[0] ** 2 + w[1] ** 4, torch.zeros(2, dtype=torch.float64), order=4)
     assert b.exact and b.lower == Fraction(3, 4) and b.order == 4
+    # true λ = 1/2 + 1/2 + 1/4 + 1/2 + 1 = 11/4; g₄ = w4⁴ + (w5w6)² on the null space (w2, w4, w5, w6)
+    f = lambda w: (w[0] - w[1] ** 2) ** 2 + w[2] ** 2 + w[3] ** 4 + (w[4] * w[5]) ** 2 + w[6] ** 2 + w[7] ** 2  # noqa: E731
+    w = torch.zeros(8, dtype=torch.float64)
+    dense = llc_bounds(f, w, order=4, method="dense")
+    assert (dense.lower, dense.upper, dense.quartic) == (Fraction(9, 4), Fraction(3), "degenerate")
+    assert any("order 4 on the null space" in s for s in dense.certified)
+    # stochastic rank (SLQ) + matrix-free range: the same interval, but only as an observation
+    slq = llc_bounds(f, w, order=4, method="slq")
+    assert (slq.lower, slq.upper, slq.quartic) == (Fraction(9, 4), Fraction(3), "degenerate") and not slq.exact
+    assert any(s.startswith("given the estimated rank") for s in slq.observed)
+    assert not any("order 4 on the null space" in s for s in slq.certified)
 
 
 def test_non_smooth_loss_raises():
@@ -184,3 +195,21 @@ def test_non_smooth_loss_raises():
     base, ev, U = _dense_base(p)
     with pytest.raises(FloatingPointError, match="not smooth at w"):
         analyze_quartic(p, rank=base.rank, eigenvalues=ev, eigenvectors=U)
+
+
+def test_positivity_certificates_on_known_quartics():
+    import numpy as np
+
+    from estimators.higher_order import _certify_positive, _certify_sos, _exponents
+
+    E = np.array(_exponents(3))
+    # Σ x_i⁴ + x1²x2²: minimum on the sphere 3/7 (at x1² = x2² = 2/7, x3² = 3/7)
+    c = np.array([1.0 if max(a) == 4 else (1.0 if tuple(a) == (2, 2, 0) else 0.0) for a in E])
+    ok, bound = _certify_sos(E, c, 1e-6)
+    assert ok and 0 < bound <= 3 / 7 + 1e-12
+    ok, bound, boxes = _certify_positive(E, c, 1e-6, 50_000)
+    assert ok and boxes > 1
+    # x1²x2² + x3⁴ vanishes at e1: neither certificate may succeed
+    c = np.array([1.0 if tuple(a) in {(2, 2, 0), (0, 0, 4)} else 0.0 for a in E])
+    assert not _certify_sos(E, c, 1e-6)[0]
+    assert not _certify_positive(E, c, 1e-6, 50_000)[0]

@@ -105,7 +105,7 @@ def test_zero_noise_reduces_to_gradient_descent():
 def test_calibrated_default_within_ten_percent_of_reduced_rank_lambda():
     m = zoo.reduced_rank_model(4, 3, 4, 1)  # λ = 6, multiplicity 1
     assert m.llc.multiplicity == 1
-    est = estimate_llc(m.model, m.loss_fn, m.sample(500, seed=0), num_draws=1500, seed=0)
+    est = estimate_llc(m.model, m.loss_fn, m.sample(500, seed=0))  # every setting at its default
     assert est.calibration is not None and "MALA" in est.calibration.rule
     assert est.settings.step_size == est.calibration.step_size
     assert abs(est.mean - float(m.llc.value)) <= 0.1 * float(m.llc.value), est
@@ -218,7 +218,7 @@ def test_calibration_helper_and_gamma_check():
     cal = calibrate_step_size(model, _mse, (x, y), pilot_steps=40)
     assert cal.step_size in cal.candidates and not cal.warnings
     i = cal.candidates.index(cal.step_size)
-    assert cal.acceptance[i] >= 0.9 and all(not (a >= 0.9) for a in cal.acceptance[:i])
+    assert cal.acceptance[i] >= 0.95 and all(not (a >= 0.95) for a in cal.acceptance[:i])
     # a flat direction (the loss ignores weight 2) with a tiny γ: the localization confines the chain
     strong = calibrate_step_size(model, lambda p, t: _mse(p, t) * 0 + 1e-8 * p.sum() ** 2, (x, y),
                                  pilot_steps=40, localization=1e3)

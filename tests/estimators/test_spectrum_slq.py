@@ -108,6 +108,15 @@ def test_slq_errors_and_unsettled_warning():
     with pytest.raises(ValueError, match="num_eigenvalues must be between"):
         lanczos(op, 0)
     gap, _ = _quadratic(torch.cat([torch.zeros(100), torch.linspace(0.5, 1.0, 100)]).double(), "cpu")
-    with pytest.warns(RuntimeWarning, match="still moved"):
+    with pytest.warns(RuntimeWarning, match="had not settled"):
         c = count_eigenvalues(gap, 0.01, num_probes=4, min_steps=2, max_steps=4, generator=torch.Generator().manual_seed(0))
     assert not c.converged and c.steps_history[0] == (2, pytest.approx(200.0))
+
+
+def test_slq_does_not_stop_while_a_ritz_value_straddles_the_threshold():
+    # one eigenvalue 10% below τ at the bottom of a wide spectrum: the count looks stable at small m
+    # (every Ritz value is above τ), but the Ritz residuals straddle τ until the small eigenvalue is resolved
+    h = torch.cat([torch.tensor([3.0e-6], dtype=torch.float64), torch.logspace(-4, 0.5, 57, dtype=torch.float64)])
+    op, _ = _quadratic(h, "cpu", seed=7)
+    count = count_eigenvalues(op, 3.34e-6, num_probes=8, generator=torch.Generator().manual_seed(0))
+    assert abs(count.count - 57) <= 4 * count.stderr + 0.5, (count, count.steps_history)

@@ -12,7 +12,7 @@ from theory.prior_catalogue import ALPHA, LAM, NU, P, PI0, S
 
 A = sp.Symbol("a", real=True)
 X = sp.Symbol("a", nonnegative=True)
-VALUES = {LAM: 1.3, S: 0.7, NU: 3.0, P: 1.5, ALPHA: 2.5, PI0: 0.3}
+VALUES = {LAM: 1.3, S: 0.7, NU: 3.0, P: 1.5, ALPHA: 2.5, PI0: 0.8}
 
 
 @functools.lru_cache(maxsize=None)

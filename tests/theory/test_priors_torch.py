@@ -12,8 +12,8 @@ from theory import PRIOR_CATALOGUE
 from theory._lambdify import torch_function
 from theory.prior_catalogue import ALPHA, LAM, NU, P, PI0, S
 
-NUMBERS = {"lambda": 1.3, "s": 0.7, "nu": 3.0, "p": 1.5, "alpha": 2.5, "pi_0": 0.3}
-SYMBOLS = {LAM: 1.3, S: 0.7, NU: 3.0, P: 1.5, ALPHA: 2.5, PI0: 0.3}
+NUMBERS = {"lambda": 1.3, "s": 0.7, "nu": 3.0, "p": 1.5, "alpha": 2.5, "pi_0": 0.8}
+SYMBOLS = {LAM: 1.3, S: 0.7, NU: 3.0, P: 1.5, ALPHA: 2.5, PI0: 0.8}
 
 
 @functools.lru_cache(maxsize=None)

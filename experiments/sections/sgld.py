@@ -1,0 +1,145 @@
+"""SGLD LLC estimates against exact oracles, step-size robustness next to devinterp, diagnostics."""
+from __future__ import annotations
+
+import math
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+from estimators import estimate_llc, estimate_potential_llc
+from theory import finite_n_target, zoo
+
+TITLE = "SGLD estimates of the LLC: oracles, known λ, step-size robustness"
+ORDER = 40
+
+POTENTIALS = ["½w1²w2⁴", "½(w1w2)²", "½(w1² + w2⁴)"]
+
+
+def _potentials(ctx, lines):
+    n, gamma, eps = 100, 4.0, 2e-3
+    draws = 300 if ctx.quick else 3000
+    lines += [
+        "### Zoo potentials against the exact finite-n target",
+        "",
+        f"The estimator's target at finite n is E_p[nβK] (THEORY.md §1), computed here by quadrature "
+        f"(`theory.finite_n_target`). n = {n} (nβ = n/log n = {n / math.log(n):.1f}), γ = {gamma}, ε = {eps}, "
+        f"8 chains × {draws} draws after {draws // 5} burn-in. z = (estimate − target)/SE.",
+        "",
+        "| K | λ (n → ∞) | finite-n target | SGLD estimate | z | ESS | R̂ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ctx.progress(POTENTIALS, desc="potentials"):
+        pot = zoo.POTENTIALS[name]()
+        target = finite_n_target(pot, n, localization=gamma).value
+        est = estimate_potential_llc(pot, n, localization=gamma, num_chains=8, num_draws=draws, num_burnin=draws // 5,
+                                     step_size=eps, seed=ctx.seed, mala_every=0)
+        z = (est.mean - target) / est.std_err
+        lines.append(f"| {name} | {pot.llc.value} | {target:.4f} | {est.mean:.4f} ± {est.std_err:.4f} | {z:+.2f} | "
+                     f"{est.diagnostics.ess:.0f} | {est.diagnostics.rhat:.3f} |")
+    lines.append("")
+
+
+def _models(ctx, lines):
+    names = ["rrr(4,3,4,1)"] if ctx.quick else ["rrr(4,3,4,1)", "rrr(3,2,3,2)", "rrr(6,2,3,1)"]
+    n = 500
+    draws = 200 if ctx.quick else 1000
+    lines += [
+        "### Known-λ models with default settings (step size calibrated)",
+        "",
+        f"Reduced-rank regressions from the zoo (multiplicity 1), n = {n} noise-free samples, "
+        f"`estimate_llc(model, loss_fn, data, num_draws={draws})` with everything else default: 4 chains, "
+        "burn-in num_draws/2, γ = 1, nβ = n/log n, batch size min(n, 512), step size from the calibration rule "
+        "(largest ε on a 10^(1/4) grid whose pilot has mean MALA acceptance ≥ 0.95). Target: within 10% of λ."
+        + (" (Quick mode: one model, few draws — not converged.)" if ctx.quick else ""),
+        "",
+        "| model | λ | estimate | relative error | ε (calibrated) | MALA | ESS | R̂ | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    best = None
+    for name in ctx.progress(names, desc="models"):
+        m = zoo.MODELS[name]()
+        t0 = time.perf_counter()
+        est = estimate_llc(m.model, m.loss_fn, m.sample(n, seed=ctx.seed), num_draws=draws, seed=ctx.seed)
+        secs = time.perf_counter() - t0
+        lam = float(m.llc.value)
+        d = est.diagnostics
+        lines.append(f"| {m.name} | {m.llc.value} | {est.mean:.3f} ± {est.std_err:.3f} | {(est.mean - lam) / lam:+.1%} | "
+                     f"{est.settings.step_size:.2g} | {d.mala_acceptance:.3f} | {d.ess:.0f} | {d.rhat:.3f} | {secs:.1f} |")
+        best = best or (m, est)
+    lines.append("")
+    m, est = best
+    fig = est.plot(title=f"{m.name}: λ = {m.llc.value}")
+    fig.axes[0].axhline(float(m.llc.value), color="r", ls="--", lw=1, label="exact λ")
+    fig.axes[0].legend(fontsize=8)
+    lines += [f"![trace plot]({ctx.savefig(fig, 'traces')})", "",
+              "Trace plot of nβ·(L(w_t) − L(w*)) per chain; the shaded burn-in is excluded from the estimate.", ""]
+    cal = est.calibration
+    lines += ["Calibration of that run: rule: " + cal.rule + ".", "",
+              "| ε | " + " | ".join(f"{c:.2g}" for c in cal.candidates) + " |",
+              "|---|" + "---|" * len(cal.candidates),
+              "| pilot MALA acceptance | " + " | ".join("diverged" if dv else f"{a:.3f}" for a, dv in zip(cal.acceptance, cal.diverged)) + " |",
+              ""]
+
+
+def _robustness(ctx, lines):
+    from experiments.devinterp_side import devinterp_llc
+
+    m = zoo.reduced_rank_model(4, 3, 4, 1)
+    n, batch = 500, 100
+    x, y = m.sample(n, seed=ctx.seed)
+    draws, burn = (150, 50) if ctx.quick else (1000, 500)
+    base = 1e-4
+    factors = [0.3, 3.0] if ctx.quick else [0.3, 1.0, 3.0]
+    lines += [
+        "### Step-size robustness, side by side with devinterp",
+        "",
+        f"{m.name}, λ = {m.llc.value}; n = {n}, batch size {batch}, γ = 1, 4 chains × {draws} draws after {burn} "
+        "burn-in, the same settings for both; devinterp runs its own chain loop (`sample_single_chain`, "
+        "`SGMCMC.sgld`) and is given the full-data baseline. The MALA column is our diagnostic at that ε.",
+        "",
+        "| ε | ours | MALA acceptance | devinterp (± spread/√C) |",
+        "|---|---|---|---|",
+    ]
+    ours_pts, dev_pts = [], []
+    for f in ctx.progress(factors, desc="step sizes"):
+        eps = base * f
+        kw = dict(num_chains=4, num_draws=draws, num_burnin=burn, step_size=eps, localization=1.0, batch_size=batch,
+                  seed=ctx.seed)
+        o = estimate_llc(m.model, m.loss_fn, (x, y), **kw)
+        dv = devinterp_llc(m.model, m.loss_fn, x, y, **kw)
+        ours_pts.append((eps, o.mean, o.std_err))
+        dev_pts.append((eps, dv.mean, dv.std_err))
+        lines.append(f"| {eps:.2g} | {o.mean:.3f} ± {o.std_err:.3f} | {o.diagnostics.mala_acceptance:.3f} | "
+                     f"{dv.mean:.3f} ± {dv.std_err:.3f} |")
+    spread = lambda pts: (max(p[1] for p in pts) - min(p[1] for p in pts)) / float(m.llc.value)  # noqa: E731
+    lines += ["", f"Range of the estimates over the {max(factors) / min(factors):.0f}× range of step sizes: ours "
+              f"{spread(ours_pts):.0%} of λ, devinterp {spread(dev_pts):.0%} of λ. Both run the same SGLD update, so "
+              "the discretisation bias is the same; what differs is that ours reports the MALA acceptance that "
+              "flags the biased (large) step sizes, and its default picks ε by that rule.", ""]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for pts, label, dx in ((ours_pts, "ours", 0.97), (dev_pts, "devinterp", 1.03)):
+        ax.errorbar([p[0] * dx for p in pts], [p[1] for p in pts], yerr=[2 * p[2] for p in pts], marker="o",
+                    capsize=3, label=label)
+    ax.axhline(float(m.llc.value), color="k", ls="--", lw=1, label="exact λ")
+    ax.set_xscale("log")
+    ax.set_xlabel("step size ε")
+    ax.set_ylabel("λ̂ (± 2 SE)")
+    ax.legend(fontsize=8)
+    lines += [f"![step-size robustness]({ctx.savefig(fig, 'step_size')})", ""]
+
+
+def run(ctx) -> str:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: intra-op threads only add contention
+    try:
+        lines: list[str] = []
+        _potentials(ctx, lines)
+        _models(ctx, lines)
+        if ctx.quick:
+            lines.append("_Quick mode: the step-size study next to devinterp runs in the default mode only._")
+        else:
+            _robustness(ctx, lines)
+        return "\n".join(lines)
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,58 @@
+"""fit_prior recovers the generating family on seeded synthetic samples, with the point mass at zero."""
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+from theory import fit_prior
+
+
+def test_recovers_cauchy_among_non_nested_families():
+    x = np.random.default_rng(0).standard_cauchy(20000) * 0.5
+    fit = fit_prior(x, families=("laplace", "gaussian", "cauchy"), seed=0)
+    assert fit.best.family == "cauchy"
+    assert [f.family for f in fit.ranking][1:] == ["laplace", "gaussian"]
+    # Cauchy tails make the per-sample gaps heavy-tailed, so their SE is loose: require only a positive gap
+    assert all(f.gap > 0 for f in fit.ranking[1:])
+    assert fit.best.values["s"] == pytest.approx(0.5, rel=0.05)  # MLE scale, ~1 % SE at this n
+    assert sp.simplify(fit.penalty - sp.log(1 + sp.Symbol("a", real=True) ** 2 / fit.best.values["s"] ** 2)) == 0
+
+
+def test_recovers_heavy_tail_and_point_mass():
+    rng = np.random.default_rng(1)
+    n, p_active, alpha, s = 40000, 0.3, 5.0, 4.0
+    slab = s * (rng.random(n) ** (-1 / alpha) - 1)  # Lomax by inversion
+    x = np.where(rng.random(n) < p_active, slab, 0.0)
+    fit = fit_prior(x, families=("exponential", "half_normal", "lomax"), seed=0)
+    assert fit.best.family == "lomax"
+    for other in fit.ranking[1:]:  # α > 4: the log-likelihood gaps have finite variance
+        assert other.gap > 3 * other.gap_se
+    se = np.sqrt(p_active * (1 - p_active) / fit.n_train)
+    assert abs(fit.zero_fraction - (1 - p_active)) < 4 * se
+    assert fit.best.values["alpha"] == pytest.approx(alpha, rel=0.1)
+    prior = fit.prior
+    assert prior.has_point_mass
+    fn = fit.to_torch()
+    a = torch.tensor([[0.0, 0.0, 2.0]], dtype=torch.float64)
+    lam0 = float(prior.l0_weight.subs({q: fit.best.values[str(q)] for q in prior.parameters}))
+    expected = lam0 + (fit.best.values["alpha"] + 1) * np.log1p(2.0 / fit.best.values["s"])
+    assert float(fn(a)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_recovers_exponential_over_half_normal():
+    x = np.random.default_rng(2).exponential(2.0, size=20000)
+    fit = fit_prior(x, families=("exponential", "half_normal"), seed=3)
+    assert fit.best.family == "exponential"
+    assert fit.ranking[1].gap > 5 * fit.ranking[1].gap_se
+    assert fit.best.values["s"] == pytest.approx(2.0, rel=0.05)
+
+
+def test_fit_prior_errors():
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fit_prior(np.array([1.0, np.nan] * 50))
+    with pytest.raises(ValueError, match="unknown famil"):
+        fit_prior(np.ones(100), families=("laplace", "weibull"))
+    with pytest.raises(ValueError, match="at least 20 non-zero"):
+        fit_prior(np.r_[np.zeros(100), np.ones(5)])
+    with pytest.raises(ValueError, match="test_fraction"):
+        fit_prior(np.ones(100), test_fraction=1.5)
