@@ -13,6 +13,7 @@ largest pre-activations.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -79,8 +80,13 @@ def train_sae(
     batch_size: int = 256,
     lr: float = 3e-3,
     seed: int = 0,
+    threads: int | None = 1,
 ) -> SAEResult:
     """Train an SAE with Adam on ``activations`` (n, d); the penalty or TopK sets the sparsity.
+
+    ``threads``: torch CPU threads while training (restored afterwards). Small SAEs train ~20× faster
+    single-threaded on a busy 2-core machine (measured: 0.2 s vs 4.4 s CPU for 150 steps); ``None``
+    leaves torch's setting alone.
 
     Raises:
         ValueError: neither or both of ``penalty`` and ``topk``; bad sizes.
@@ -91,6 +97,22 @@ def train_sae(
         raise ValueError(f"activations must have shape (n ≥ 2, d), got {tuple(activations.shape)}")
     if topk is not None and not 1 <= topk <= n_latents:
         raise ValueError(f"topk must be in [1, n_latents = {n_latents}], got {topk}")
+    with _threads(threads):
+        return _train(activations, n_latents, penalty, penalty_coeff, topk, steps, batch_size, lr, seed)
+
+
+@contextlib.contextmanager
+def _threads(n):
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(activations, n_latents, penalty, penalty_coeff, topk, steps, batch_size, lr, seed) -> SAEResult:
     x = activations
     n, d = x.shape
     gen = torch.Generator(device="cpu").manual_seed(seed)

@@ -235,7 +235,7 @@ class _Translator:
                 c_t = c
             if c_t is False:
                 continue
-            guard = _needs_guard(branch)
+            guard = _needs_guard(branch, set(symbols))
             if taken is None:
                 sel = c_t
             elif c_t is None:  # 'otherwise': earlier wheres override it, a mask is needed only to guard
@@ -268,10 +268,13 @@ class _Translator:
         return out
 
 
-def _needs_guard(expr: sp.Expr) -> bool:
+def _needs_guard(expr: sp.Expr, tensor_symbols: set) -> bool:
     """Whether a branch can be non-finite (or have a non-finite gradient) somewhere: logs, division,
-    fractional powers, special functions. Polynomials, Abs, exp, sign and friends never are."""
+    fractional powers, special functions of the inputs. Polynomials, Abs, exp, sign and friends never
+    are; constants (no input symbol) are evaluated once and never guarded."""
     for node in sp.preorder_traversal(expr):
+        if not (node.free_symbols & tensor_symbols):
+            continue
         if isinstance(node, sp.Pow) and not (node.exp.is_Integer and node.exp >= 0):
             return True
         if isinstance(node, (sp.log, sp.loggamma, sp.Piecewise)):

@@ -288,7 +288,6 @@ def _split_l0(penalty, variables):
         return penalty, None
     slab = penalty.replace(is_l0, lambda e: sp.Piecewise(*e.args[1:]) if len(e.args) > 2 else e.args[1].expr)
     at_zero = penalty.subs(a, 0)
-    slab_at_zero_const, _ = None, None
     # ρ = ρ(0)·[a = 0] + slab·[a ≠ 0]; relative to ρ(0): λ₀ = (constant part of slab) − ρ(0)
     slab_var, slab_const = _split_constant(sp.expand(slab), variables)
     return slab_var, sp.simplify(slab_const - at_zero)
@@ -417,7 +416,7 @@ def _separability(rho, variables, parameters, notes):
         return False, None
     # separable: ρ = Σ_k [ρ(0,..,a_k,..,0) − ρ(0)] + ρ(0)
     base = {v: 0 for v in variables}
-    if not all(sp.simplify(rho.subs(base)).is_finite is True for _ in [0]):
+    if sp.simplify(rho.subs(base)).is_finite is not True:
         base = {v: 1 for v in variables}
     at_base = rho.subs(base)
     pieces = tuple(sp.simplify(rho.subs({u: base[u] for u in variables if u != v}) - at_base) for v in variables)

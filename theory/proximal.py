@@ -9,7 +9,10 @@ on the real line, a < 0) the minimiser is a root of the stationarity equation a 
 When that equation is polynomial of degree ≤ 2 in a (after clearing denominators) its roots are the
 closed-form *candidates*; the prox is the candidate, or the kink a = 0, with the smallest objective.
 Otherwise the prox is computed numerically (a grid over [−R, R] with R = 2|v| + 4, then zooming),
-and for penalties of several variables by scipy's Nelder–Mead from v and from 0.
+and for penalties of several variables by scipy's Nelder–Mead from v and from 0 (small inputs only).
+
+With a point mass whose L0 weight is negative (an atom lighter than the slab's density at 0) the
+infimum is approached as a → 0⁺ and not attained; the operator then returns 0.
 """
 from __future__ import annotations
 

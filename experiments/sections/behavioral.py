@@ -105,8 +105,8 @@ def run(ctx) -> str:
             "",
         ]
         steps = 400 if ctx.quick else 3000
-        ncp = 3 if ctx.quick else 6
-        draws = 100 if ctx.quick else 600
+        ncp = 3 if ctx.quick else 5
+        draws = 100 if ctx.quick else 400
         all_rows = []
         models = [mlp_regression(steps=steps, num_checkpoints=ncp, seed=ctx.seed)]
         if not ctx.quick:
@@ -118,15 +118,20 @@ def run(ctx) -> str:
             last = rows[-1]
             a, b = last[2], last[3]
             sigma = math.hypot(a.std_err, b.std_err)
+            first = next((r for r in rows if r[2].mean > 0), last)
             lines.append(
-                f"- {name}: at the end of training λ̂_B − λ̂ = {b.mean - a.mean:+.2f} ± {sigma:.2f} "
-                f"(ratio {b.mean / a.mean:.2f}); over the run the ratio went from "
-                f"{rows[0][3].mean / rows[0][2].mean if rows[0][2].mean > 0 else float('nan'):.2f} to "
-                f"{b.mean / a.mean:.2f}."
+                f"- {name}: at the end of training λ̂_B − λ̂ = {b.mean - a.mean:+.2f} (each ± {a.std_err:.2f}, "
+                f"{b.std_err:.2f}; the two share seeds, so their difference is more precise than "
+                f"{sigma:.2f}); ratio λ̂_B/λ̂ {first[3].mean / first[2].mean:.2f} at step {first[0]} (first "
+                f"checkpoint with λ̂ > 0), {b.mean / a.mean:.2f} at the end."
             )
-        lines += ["", "Early checkpoints are not minima of the training loss, so its LLC estimate there is the "
-                  "estimator's output, not a learning coefficient (it can even be negative); the behavioral LLC is "
-                  "well defined throughout." + (" Quick mode: one model, 3 checkpoints, short chains." if ctx.quick else ""), ""]
+        lines += ["", "Reading: early checkpoints are not minima of the training loss, so its LLC estimate there is the "
+                  "estimator's output, not a learning coefficient (it is negative while the chains still descend); "
+                  "the behavioral LLC is well defined throughout and changes much less along training. Once the "
+                  "training loss is near its minimum the two agree within error bars and their ratio is ≈ 1 (for a "
+                  "noise-free teacher, L − L* and L_B nearly coincide). The rank bounds r/2 ≤ λ ≤ d/2 hold for "
+                  "analytic losses; the toy model of superposition has ReLU kinks (and exactly-zero sparse inputs), "
+                  "where K can grow like |w| and a direction can add 1 rather than ½, so its estimates may exceed d/2." + (" Quick mode: one model, 3 checkpoints, short chains." if ctx.quick else ""), ""]
         return "\n".join(lines)
     finally:
         torch.set_num_threads(threads)

@@ -28,8 +28,8 @@ _A = sp.Symbol("a", nonnegative=True)
 
 def _settings(quick: bool) -> dict:
     if quick:
-        return dict(d=12, F=16, m=24, n=1024, p=0.1, steps=50, iterations=3, group=4, batch=128, lo=0.01, hi=30.0)
-    return dict(d=32, F=48, m=64, n=8192, p=0.06, steps=600, iterations=6, group=4, batch=256, lo=0.01, hi=30.0)
+        return dict(d=12, F=16, m=24, n=512, p=0.1, steps=40, iterations=2, group=4, batch=128, lo=0.01, hi=30.0)
+    return dict(d=32, F=48, m=64, n=8192, p=0.06, steps=600, iterations=5, group=4, batch=256, lo=0.01, hi=30.0)
 
 
 def _priors(s: dict):
@@ -89,15 +89,6 @@ def _metrics(result, x, D):
 
 
 def run(ctx) -> str:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only add overhead; restored below
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(ctx) -> str:
     s = _settings(ctx.quick)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(ctx.seed)

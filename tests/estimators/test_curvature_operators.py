@@ -15,6 +15,16 @@ from estimators import (
 from estimators._flat import flatten
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These tensors are small: one intra-op thread avoids OpenMP oversubscription, which made this file
+    ~8× slower on the shared 2-core machine. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _mse(p, t):
     return ((p - t) ** 2).sum(-1).mean()
 
@@ -178,3 +188,17 @@ def test_loss_builder_errors():
         training_loss(lambda z: z, _mse, x, y)
     with pytest.raises(ValueError, match="no parameters"):
         behavioral_loss(nn.Tanh(), x)
+
+
+def test_auto_mode_handles_torch_mse_loss():
+    # F.mse_loss against a constant target fails under forward-over-reverse in torch 2.x
+    # ("ZeroTensors are immutable"); auto mode must still return the exact Hessian and GGN
+    net, x, y = _mlp("cpu")
+    loss, params = training_loss(net, nn.MSELoss(), x, y)
+    p = flatten(loss, params)
+    H_ref = hessian(p.fn)(p.w0)
+    op = HessianOperator(loss, params)
+    assert _rel(op.to_dense(), H_ref) < 1e-10
+    ggn = GaussNewtonOperator(loss, params).to_dense()
+    J = jacrev(lambda w: functional_call(net, p.unflatten(w), (x,)))(p.w0).reshape(-1, p.dim)
+    assert _rel(ggn, 2 / y.numel() * J.T @ J) < 1e-10  # mean over n·outputs elements

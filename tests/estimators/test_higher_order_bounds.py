@@ -77,7 +77,7 @@ def test_indefinite_quartic_keeps_order_two_bounds():
     b = _order4(lambda w: w[0] ** 2 - w[1] ** 4, 2)
     assert b.quartic == "indefinite"
     assert (b.lower, b.upper) == (Fraction(1, 2), Fraction(1))
-    assert any("not a local minimum" in s for s in b.certified)
+    assert any("would not be a local minimum" in s for s in b.certified)
 
 
 # ------------------------------------------------------------------ certified vs observed
@@ -213,3 +213,13 @@ def test_positivity_certificates_on_known_quartics():
     c = np.array([1.0 if tuple(a) in {(2, 2, 0), (0, 0, 4)} else 0.0 for a in E])
     assert not _certify_sos(E, c, 1e-6)[0]
     assert not _certify_positive(E, c, 1e-6, 50_000)[0]
+
+
+def test_cubic_allowed_by_a_tiny_null_eigenvalue():
+    # along w2: ε t² + c t³ + t⁴ ≥ 0 iff c² ≤ 4ε; ε = 1e-10 is below the rank threshold (null direction)
+    eps = 1e-10
+    ok = _order4(lambda w: w[0] ** 2 + eps * w[1] ** 2 + 1e-5 * w[1] ** 3 + w[1] ** 4, 2)  # c² = 1e-10 ≤ 4ε
+    assert ok.rank == 1 and ok.quartic == "positive definite" and ok.exact and ok.lower == Fraction(3, 4)
+    assert any("allow at a minimum" in s for s in ok.observed)
+    bad = _order4(lambda w: w[0] ** 2 + eps * w[1] ** 2 + 1e-4 * w[1] ** 3 + w[1] ** 4, 2)  # c² = 1e-8 > 4ε
+    assert bad.quartic == "indefinite" and (bad.lower, bad.upper) == (Fraction(1, 2), Fraction(1))
