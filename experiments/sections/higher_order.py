@@ -157,7 +157,9 @@ def _run(ctx, zoo, toy_superposition, mlp_regression) -> str:
                         label="SGLD ± 2 SE" if not any(e is not None for *_, e in plot[:i]) else None)
     ax.set_yticks(range(len(plot)), [name for name, *_ in plot], fontsize=7)
     ax.set_xlabel("λ / (d/2)")
-    ax.set_xlim(-0.02, 1.02)
+    right = max([1.0] + [float(e.mean) / (d / 2) for _, d, _, _, _, e in plot if e is not None])
+    ax.set_xlim(-0.02, right + 0.05)
+    ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("LLC bounds at order 2 and order 4")
     lines += ["", f"![Order-2 and order-4 bounds (λ divided by d/2) with the exact λ]({ctx.savefig(fig, 'bounds')})", ""]

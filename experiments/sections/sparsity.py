@@ -200,5 +200,6 @@ def run(ctx) -> str:
         ax2.plot(grid[1:], fit.to_torch()(grid[1:, None]) - fit.to_torch()(grid[1:2, None]), "--", label="fit_prior ρ")
         ax.set_title(name, fontsize=9)
         ax2.legend(fontsize=7)
+    fig.tight_layout()
     lines.insert(1, f"![code histograms and penalties (shifted to 0 at a = 0.01)]({ctx.savefig(fig, 'penalties')})\n")
     return "\n".join(lines)

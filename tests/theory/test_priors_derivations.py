@@ -160,3 +160,9 @@ def test_undecidable_normaliser_is_reported_not_guessed():
     r = prior_from_penalty(sp.Abs(A) ** 3 + sp.cos(A) ** 2 * sp.log(1 + A**2), [A])
     assert r.proper is None and r.proper_condition is None and r.normaliser is None
     assert any("undecided" in note for note in r.notes)
+
+
+def test_non_integrable_density_is_reported_improper():
+    r = penalty_from_prior(1 / (1 + sp.Abs(A)), [A])  # the log(1 + |a|) penalty at strength exactly 1
+    assert r.proper is False and r.proper_condition == sp.false and r.normaliser is None
+    assert is_zero(r.penalty - sp.log(1 + sp.Abs(A)))
