@@ -246,8 +246,10 @@ def _summarise(run: _Run, problem: _Problem, s: dict, *, num_chains, num_draws, 
     ratio = float(dist.mean()) / (problem.num_sampled / s["localization"]) if s["localization"] > 0 else 0.0
     rhat = split_rhat(llc) if llc.shape[0] > 1 else float("nan")
     warns = list(calibration.warnings) if calibration is not None else []
-    if llc.shape[0] > 1 and rhat > 1.1:
-        warns.append(f"R̂ = {rhat:.2f} > 1.1: chains disagree; raise num_burnin/num_draws or check the step size")
+    if llc.shape[0] > 1 and rhat > 1.05:
+        warns.append(f"R̂ = {rhat:.3f} > 1.05: chains disagree; raise num_burnin/num_draws or check the step size")
+    if float(ess.sum()) < 400:
+        warns.append(f"only {float(ess.sum()):.0f} effective draws (< 400): raise num_draws for a reliable standard error")
     if float(acc_chain.nanmean()) < 0.9:
         warns.append(f"MALA acceptance {float(acc_chain.nanmean()):.2f} < 0.9: the step size is likely too large")
     if ratio > 0.5:
@@ -337,7 +339,7 @@ def estimate_llc(
     data,
     *,
     num_chains: int = 4,
-    num_draws: int = 1000,
+    num_draws: int = 2000,
     num_burnin: int | None = None,
     step_size: float | None = None,
     localization: float = 1.0,
@@ -435,7 +437,7 @@ def estimate_behavioral_llc(
 
 
 def _run_kwargs(kwargs: dict) -> dict:
-    allowed = {"num_chains": 4, "num_draws": 1000, "num_burnin": None, "step_size": None, "mala_every": 5,
+    allowed = {"num_chains": 4, "num_draws": 2000, "num_burnin": None, "step_size": None, "mala_every": 5,
                "checkpoint_path": None, "checkpoint_every_draws": 0, "resume": False}
     unknown = set(kwargs) - set(allowed)
     if unknown:
