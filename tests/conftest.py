@@ -11,6 +11,16 @@ settings.register_profile("explore", deadline=None, max_examples=500)
 settings.load_profile(__import__("os").environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The test tensors are small: one intra-op thread avoids OpenMP oversubscription (measured 8–100×
+    slower with 2 threads on a loaded 2-core machine). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     """Every device test runs on CPU, and on CUDA when one is available."""

@@ -19,22 +19,14 @@ from pathlib import Path
 import torch
 
 from bilinear import BilinearConfig, BilinearTransformer, expand, term_bounds
+from experiments.benchmarks._machine import load_note, run_times
 
 RESULTS = Path(__file__).parent / "results" / "expansion.md"
 
 
 def _timeit(fn, device, repeats: int) -> tuple[float, float]:
     """Median and min wall time of fn() over ``repeats`` runs, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    times = run_times(fn, device, repeats)
     return statistics.median(times), min(times)
 
 
@@ -75,7 +67,7 @@ def main(argv=None) -> str:
         f"sequences of length 32. Device: {device} ({platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads); torch {torch.__version__}; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Median of {args.repeats} runs after a "
-        "warm-up. The machine was shared with other jobs while this ran (timings are noisy).",
+        "warm-up. " + load_note(),
         "",
         "The reference (the 'peer') is one forward pass of the same model on the same batch.",
         "",

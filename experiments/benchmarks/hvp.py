@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -26,23 +25,12 @@ from torch import nn
 from torch.func import grad
 
 from estimators import GaussNewtonOperator, HessianOperator, behavioral_loss, training_loss
+from experiments.benchmarks._machine import load_note, median_time
 
 RESULTS = Path(__file__).parent / "results" / "hvp.md"
 
 
-def _timeit(fn, device, repeats: int) -> float:
-    """Median wall time of fn() over ``repeats`` runs, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+_timeit = median_time
 
 
 def _setup(device, dtype):
@@ -110,8 +98,7 @@ def main(argv=None) -> None:
         "# Benchmark: Hessian-vector products (ours vs one gradient vs curvlinops)",
         "",
         f"Device: {device.type} ({platform.machine()}, {torch.get_num_threads()} torch thread(s)); torch {torch.__version__}; "
-        f"{stamp}. Median of {args.repeats} runs after a warm-up. The machine was shared with other jobs while this ran "
-        "(2 cores, several processes), so absolute timings are noisy; the ratios within one run are the result.",
+        f"{stamp}. Median of {args.repeats} runs after a warm-up. " + load_note(),
         "",
         "Model: MLP 64 → 512 → 256 → 10 (tanh), `nn.MSELoss()` on a batch of 256. Targets: HVP ≤ 3 gradients (CPU); "
         "no slower than curvlinops' `HessianLinearOperator` on the same model and data.",

@@ -21,6 +21,7 @@ import torch
 
 from theory import prior_from_penalty
 from theory.prior_catalogue import exclusive_lasso, group_lasso, log_penalty, product_penalty, spike_and_slab
+from experiments.benchmarks._machine import load_note
 
 RESULTS = Path(__file__).parent / "results" / "penalties.md"
 
@@ -79,7 +80,7 @@ def main(argv=None) -> str:
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; torch {torch.__version__}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads"
         + (f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "; no GPU")
-        + ". The machine was shared with other jobs during the run, so timings are noisy.",
+        + ". " + load_note(),
         "",
         f"Activations {args.rows} × {args.cols} float32 (ReLU of a Gaussian), one forward + backward, "
         f"median of {args.repeats} after a warm-up; ratio = generated / hand-written (target ≤ 1.5).",

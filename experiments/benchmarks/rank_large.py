@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from estimators import HessianOperator, behavioral_loss, count_eigenvalues, lanczos
+from experiments.benchmarks._machine import load_note
 
 RESULTS = Path(__file__).parent / "results" / "rank_large.md"
 
@@ -78,8 +79,7 @@ def main(argv=None) -> None:
     lines = [
         "# Benchmark: numerical rank of a large MLP Hessian (matrix-free)",
         "",
-        f"Device: {device.type} ({dev_name}); torch {torch.__version__}; {stamp}. The machine was shared with other jobs "
-        "while this ran (2 cores, several processes), so absolute timings are noisy.",
+        f"Device: {device.type} ({dev_name}); torch {torch.__version__}; {stamp}. " + load_note(),
         "",
         f"Model: MLP {args.input_dim} → {h} → {h} → 10 (tanh), float32, **d = {d:,} parameters**, random weights; "
         f"behavioral (MSE) loss on n = {args.num_data} inputs (Hessian at w* = Gauss–Newton matrix, rank ≤ {10 * args.num_data}).",

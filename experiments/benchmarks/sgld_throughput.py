@@ -23,6 +23,7 @@ from torch import nn
 
 from estimators import estimate_llc
 from experiments.devinterp_side import devinterp_llc
+from experiments.benchmarks._machine import load_note
 
 NUM_CHAINS = 8
 NUM_DRAWS = 100
@@ -80,8 +81,7 @@ def main(out: Path | None = None, threads: int = 1) -> str:
         "",
         f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} on {platform.machine()} "
         f"({os.cpu_count()} CPU cores, `{platform.processor() or platform.platform()}`), torch {torch.__version__}, "
-        f"{threads} intra-op thread(s), float32 models. The machine was shared with other jobs while this ran, "
-        "so absolute numbers are noisy; both sides ran back to back in the same process.",
+        f"{threads} intra-op thread(s), float32 models; both sides ran back to back in the same process. " + load_note(),
         "",
         f"Setting: MLP 8 → w → w → 2 (tanh), n = 2048 samples, {NUM_CHAINS} chains, {NUM_BURNIN} burn-in + "
         f"{NUM_DRAWS} draws, batch size {BATCH_SIZE}, ε = {STEP_SIZE}, γ = 1, nβ = n/log n. devinterp: "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -25,23 +24,12 @@ from torch.func import functional_call, grad, jvp
 from estimators import TaylorMode, analyze_quartic
 from estimators._flat import flatten
 from estimators.taylor import nested_directional_derivative
+from experiments.benchmarks._machine import load_note, median_time
 
 RESULTS = Path(__file__).parent / "results" / "taylor.md"
 
 
-def _timeit(fn, device, repeats: int) -> float:
-    """Median wall time of fn() over ``repeats`` runs, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+_timeit = median_time
 
 
 def _mlp_problem(device, dtype):
@@ -138,8 +126,7 @@ def main(argv=None) -> str:
         "",
         f"Device: {device} ({platform.processor() or platform.machine()}, {threads}); torch {torch.__version__}; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Median of {rep} runs after a warm-up "
-        "(nested jvp: fewer). The machine was shared with other jobs while this ran (2 cores, several processes), so "
-        "absolute timings are noisy; the ratios within one run are the result.",
+        "(nested jvp: fewer). " + load_note(),
         "",
         "## Part 1: one MLP 64 → 512 → 256 → 10 (tanh), MSE on a batch of 256",
         "",

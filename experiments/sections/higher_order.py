@@ -44,10 +44,8 @@ def _bounds(problem, rel_threshold: float, seed: int, quick: bool = False):
 
 
 def _sgld(model, loss_fn, x, y, quick: bool, seed: int):
-    try:
-        from estimators import estimate_llc
-    except ImportError:
-        return None, "n/a (estimator not available)"
+    from estimators import estimate_llc
+
     if quick:
         return None, "skipped (--quick)"
     try:

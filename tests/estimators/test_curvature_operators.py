@@ -15,16 +15,6 @@ from estimators import (
 from estimators._flat import flatten
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are small: one intra-op thread avoids OpenMP oversubscription, which made this file
-    ~8× slower on the shared 2-core machine. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _mse(p, t):
     return ((p - t) ** 2).sum(-1).mean()
 

@@ -12,15 +12,6 @@ from estimators.llc_bounds import LLCBounds
 from theory import zoo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the shared 2-core test machine oversubscribes badly with tiny multi-threaded ops
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _dense_base(problem, rel_threshold: float = 1e-9):
     """Order-2 bounds from a dense float64 Hessian (the contract of estimators.llc_bounds, order 2)."""
     H = torch.func.hessian(problem.fn)(problem.w0)

@@ -20,15 +20,6 @@ from estimators._chains import model_problem, run_chains
 from theory import finite_n_target, zoo
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the machine is small and shared: intra-op threads only add contention for these tiny models
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mse(p, t):
     return ((p - t) ** 2).sum(-1).mean()
 

@@ -10,15 +10,6 @@ from estimators.diagnostics import effective_sample_size, mean_std_err, split_rh
 from estimators.sgld import localized_potential, mala_acceptance, sgld_step
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the machine is small and shared: intra-op threads only add contention for these tiny models
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_zero_noise_is_gradient_descent_on_localized_loss(device):
     g = torch.Generator().manual_seed(0)
     w_star = torch.randn(5, generator=g, dtype=torch.float64).to(device)

@@ -16,16 +16,6 @@ from estimators import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are small: one intra-op thread avoids OpenMP oversubscription, which made this file
-    ~8× slower on the shared 2-core machine. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _quadratic(eigenvalues, device, seed=0):
     """½ wᵀ A w with A = U diag(h) Uᵀ for a random orthogonal U: an operator with a known spectrum."""
     d = len(eigenvalues)

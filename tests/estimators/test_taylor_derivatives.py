@@ -11,15 +11,6 @@ from estimators._flat import flatten
 from estimators.taylor import UnsupportedOperation, nested_directional_derivative
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the shared 2-core test machine oversubscribes badly with tiny multi-threaded ops
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mlp_problem(act: nn.Module, device, seed: int = 0, log_softmax: bool = True):
     g = torch.Generator().manual_seed(seed)
     model = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 2)).double().to(device)

@@ -8,15 +8,6 @@ import torch
 from theory import finite_n_target, zoo
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the machine is small and shared: intra-op threads only add contention for these tiny models
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize(
     "name, n, expected",
     [
