@@ -19,6 +19,8 @@ The design follows curvlinops (Dangel, Tatzel, Hennig et al., https://github.com
 """
 from __future__ import annotations
 
+import time
+
 from typing import Callable
 
 import numpy as np
@@ -42,7 +44,8 @@ class CurvatureOperator:
     Attributes:
         shape: (d, d).
         dtype, device: those of the parameters.
-        num_matvecs: matrix–vector products computed so far (a block of k columns counts k).
+        num_matvecs: matrix–vector products computed so far (a block of k columns counts k; the
+            one-time probe of ``mode="auto"`` is not counted).
     """
 
     def __init__(self, dim: int, dtype: torch.dtype, device: torch.device):
@@ -130,10 +133,10 @@ class HessianOperator(CurvatureOperator):
     H·v is computed as ``jvp(grad(L), (w*,), (v,))`` (forward-over-reverse; Pearlmutter 1994, "Fast exact
     multiplication by the Hessian"), vmapped over the columns of a block; ``mode="reverse"`` uses
     ``vjp(grad(L))`` instead (reverse-over-reverse, for operations without forward-mode AD, e.g. some fused
-    attention kernels); ``mode="auto"`` tries forward mode on the first product and switches to reverse
-    mode for good if forward mode fails (e.g. ``F.mse_loss`` against a constant target raises "ZeroTensors
-    are immutable" under forward-over-reverse in torch 2.x; writing the loss as ``((p - t) ** 2).mean()``
-    keeps the faster forward mode).
+    attention kernels). ``mode="auto"`` times both modes on one column at the first product and keeps the
+    faster one (on CPU reverse-over-reverse often wins); it uses reverse mode for good if forward mode
+    fails (e.g. ``F.mse_loss`` against a constant target raises "ZeroTensors are immutable" under
+    forward-over-reverse in torch 2.x; writing the loss as ``((p - t) ** 2).mean()`` avoids that).
 
     Args:
         loss: ``loss(params) -> scalar``; a :class:`DataLoss` is differentiated batch by batch and the
@@ -177,20 +180,29 @@ class HessianOperator(CurvatureOperator):
 
     def _matmat(self, V: Tensor) -> Tensor:
         if self.mode == "auto":
-            try:
-                out = self._sum(V, "forward")
-                self.mode = "forward"
-                return out
-            except (NotImplementedError, RuntimeError) as forward_error:
-                # forward-mode AD is missing or broken for some operations (fused attention kernels,
-                # F.mse_loss with a constant target in torch 2.x: "ZeroTensors are immutable")
-                try:
-                    out = self._sum(V, "reverse")
-                except Exception as reverse_error:
-                    raise reverse_error from forward_error
-                self.mode = "reverse"
-                return out
+            self.mode = self._choose_mode(V[:, :1])
         return self._sum(V, self.mode)
+
+    def _choose_mode(self, probe: Tensor) -> str:
+        """The faster exact mode on this model and device, from timing both twice on one column
+        (alternating, best of two, so that first-call overheads do not decide). These probe products
+        are not counted in ``num_matvecs``."""
+        try:
+            self._sum(probe, "forward")
+        except (NotImplementedError, RuntimeError) as forward_error:
+            # forward-mode AD is missing or broken for some operations (fused attention kernels,
+            # F.mse_loss with a constant target in torch 2.x: "ZeroTensors are immutable")
+            try:
+                self._sum(probe, "reverse")
+            except Exception as reverse_error:
+                raise reverse_error from forward_error
+            return "reverse"
+        best = {"forward": float("inf"), "reverse": float("inf")}
+        for mode in ("reverse", "forward", "reverse", "forward"):
+            start = time.perf_counter()
+            self._sum(probe, mode)
+            best[mode] = min(best[mode], time.perf_counter() - start)
+        return min(best, key=best.get)
 
     def _sum(self, V: Tensor, mode: str) -> Tensor:
         out = None
@@ -283,9 +295,9 @@ class GaussNewtonOperator(CurvatureOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         if self.mode == "auto":
             try:
+                start = time.perf_counter()
                 out = self._sum(V, "forward")
-                self.mode = "forward"
-                return out
+                forward_seconds = time.perf_counter() - start
             except (NotImplementedError, RuntimeError) as forward_error:
                 # forward-mode AD is missing or broken for some operations (fused attention kernels,
                 # F.mse_loss with a constant target in torch 2.x: "ZeroTensors are immutable")
@@ -295,4 +307,11 @@ class GaussNewtonOperator(CurvatureOperator):
                     raise reverse_error from forward_error
                 self.mode = "reverse"
                 return out
+            # both modes are exact; which is faster depends on the model and the device (on CPU
+            # reverse-over-reverse often wins): time the second once and keep the faster for good
+            start = time.perf_counter()
+            self._sum(V, "reverse")
+            self.num_matvecs += V.shape[1]  # the timing product is real work: count it
+            self.mode = "reverse" if time.perf_counter() - start < forward_seconds else "forward"
+            return out
         return self._sum(V, self.mode)

@@ -19,7 +19,7 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Callable, Sequence
 
@@ -248,14 +248,21 @@ def reduced_rank_model(
 
 
 # Named entries: name → zero-argument factory. Add new ground truths here.
+def _named(name: str, factory: Callable[[], Potential]) -> Callable[[], Potential]:
+    return lambda: replace(factory(), name=name)
+
+
 POTENTIALS: dict[str, Callable[[], Potential]] = {
-    "½w1²w2⁴": lambda: normal_crossing_potential([1, 2]),
-    "½(w1w2)²": lambda: normal_crossing_potential([1, 1]),
-    "½(w1² + w2⁴)": lambda: sum_potential(normal_crossing_potential([1]), normal_crossing_potential([2])),
-    "½w1²": lambda: normal_crossing_potential([1]),
-    "½(w1² + w2² + w3⁴)": lambda: sum_potential(
-        normal_crossing_potential([1]), normal_crossing_potential([1]), normal_crossing_potential([2])
-    ),
+    name: _named(name, factory)
+    for name, factory in {
+        "½w1²w2⁴": lambda: normal_crossing_potential([1, 2]),
+        "½(w1w2)²": lambda: normal_crossing_potential([1, 1]),
+        "½(w1² + w2⁴)": lambda: sum_potential(normal_crossing_potential([1]), normal_crossing_potential([2])),
+        "½w1²": lambda: normal_crossing_potential([1]),
+        "½(w1² + w2² + w3⁴)": lambda: sum_potential(
+            normal_crossing_potential([1]), normal_crossing_potential([1]), normal_crossing_potential([2])
+        ),
+    }.items()
 }
 
 MODELS: dict[str, Callable[[], KnownModel]] = {
