@@ -1,6 +1,6 @@
 """Numerical estimation on torch models: curvature, LLC bounds and SGLD estimators."""
 from .calibration import StepSizeCalibration, calibrate_step_size
-from .diagnostics import effective_sample_size, mean_std_err, split_rhat
+from .diagnostics import effective_sample_size, geweke_z, mean_std_err, split_rhat
 from .llc_estimate import (
     LLCDiagnostics,
     LLCEstimate,
@@ -66,6 +66,7 @@ __all__ = [
     "estimate_behavioral_llc",
     "estimate_llc",
     "estimate_potential_llc",
+    "geweke_z",
     "mala_acceptance",
     "mean_std_err",
     "sgld_step",

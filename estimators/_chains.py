@@ -9,6 +9,10 @@ Private machinery shared by :mod:`estimators.llc_estimate` and :mod:`estimators.
   outside, shape (C, B, ...)) and takes all chains' gradients with one ``torch.func.vjp``, so all
   chains advance in one batched evaluation. Every chain has its own noise generator and its own batch order,
   both spawned from one seed (``numpy.random.SeedSequence``). Losses are stored in float64.
+* ``sampler="mala"``: the same Langevin proposal on the FULL-batch potential, accepted per chain with
+  the Metropolis–Hastings probability α of :func:`estimators.sgld.mala_acceptance` (a uniform draw
+  from the chain's own generator), so the stationary law is exactly p ∝ exp(−U) for every ε. The
+  gradient at the current point is carried from the previous step (one gradient per step).
 """
 from __future__ import annotations
 
@@ -269,8 +273,18 @@ def run_chains(
     resume: bool = False,
     on_divergence: Callable[[_Run, int, tuple[int, ...], str], None] | None = None,
     stop_on_divergence: bool = True,
+    sampler: str = "sgld",
 ) -> _Run:
-    """Run ``num_chains`` SGLD chains for ``num_burnin + num_draws`` steps from w*, all vectorised."""
+    """Run ``num_chains`` SGLD (or MALA) chains for ``num_burnin + num_draws`` steps from w*, all vectorised.
+
+    With ``sampler="mala"`` every step is accepted or rejected and the acceptance probability is
+    recorded at every step (``mala_every`` is ignored); the batch is always the full data set.
+    """
+    if sampler not in ("sgld", "mala"):
+        raise ValueError(f"sampler must be 'sgld' or 'mala', got {sampler!r}")
+    mala = sampler == "mala"
+    if mala:
+        batch_size, mala_every = problem.num_samples, 1
     w0, mask = problem.w0, problem.mask
     dev, dtype = w0.device, w0.dtype
     d = w0.numel()
@@ -307,6 +321,8 @@ def run_chains(
 
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     fp = _fingerprint(problem, cfg)
+    if mala:
+        fp["sampler"] = sampler
     if ckpt is not None and resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         if state["fingerprint"] != fp:
@@ -345,15 +361,19 @@ def run_chains(
     k = sum(1 for s in monitored if s < start)
     mask_b = mask if mask is not None else None
     dead = torch.zeros(num_chains, dtype=torch.bool)
+    carried = None  # MALA: (∇L, L) at the current W from the previous step's accept/reject
     for t in range(start, total):
         if full_batch:
             idx = problem.data
         else:
             rows = batches(t)  # (C, B) sample indices, gathered outside vmap
             idx = tuple(d_[rows] for d_ in problem.data)
-        g, L = vg(W, idx)
-        if mask_b is not None:
-            g = g * mask_b
+        if carried is not None:
+            g, L = carried
+        else:
+            g, L = vg(W, idx)
+            if mask_b is not None:
+                g = g * mask_b
         losses[:, t] = L.detach().double().cpu()
         dist2[:, t] = ((W - w0) ** 2).sum(-1).double().cpu()
         excursion = nbeta * (losses[:, t] - baseline)
@@ -380,7 +400,7 @@ def run_chains(
         if noise_scale != 1.0:
             noise = noise * noise_scale
         W_new = sgld_step(W, g, w_star=w0, step_size=eps, nbeta=nbeta, localization=localization, noise=noise, mask=mask_b)
-        if k < len(monitored) and monitored[k] == t:
+        if mala or (k < len(monitored) and monitored[k] == t):
             g2, L2 = vg(W_new, idx)
             if mask_b is not None:
                 g2 = g2 * mask_b
@@ -388,8 +408,15 @@ def run_chains(
             U2 = localized_potential(L2, W_new, w0, nbeta, localization)
             gU = nbeta * g + localization * (W - w0)
             gU2 = nbeta * g2 + localization * (W_new - w0)
-            acceptance[:, k] = mala_acceptance(W, W_new, U, gU, U2, gU2, eps, mask_b).double().cpu()
+            alpha = mala_acceptance(W, W_new, U, gU, U2, gU2, eps, mask_b)
+            acceptance[:, k] = alpha.double().cpu()
             k += 1
+            if mala:
+                # accept with probability α (non-finite proposals have α = 0: rejected, W stays finite)
+                u = torch.stack([torch.rand((), generator=gc, device=dev, dtype=dtype) for gc in gens])
+                accept = u < alpha
+                W_new = torch.where(accept[:, None], W_new, W)
+                carried = (torch.where(accept[:, None], g2, g).detach(), torch.where(accept, L2, L).detach())
         W = W_new.detach()
         done = t + 1
         if ckpt is not None and checkpoint_every > 0 and done > num_burnin and (done - num_burnin) % checkpoint_every == 0:

@@ -8,6 +8,14 @@ with the expectation over the localized tempered posterior p(w) ∝ exp(−nβ·
 sampled by SGLD (:mod:`estimators.sgld`) from w* in several chains. How this estimator avoids the
 known pitfalls (THEORY.md §1):
 
+* ``sampler="mala"`` (Metropolis-adjusted Langevin, Roberts & Tweedie 1996, Bernoulli 2(4)) uses the
+  full-batch U(w) = nβ·L_n(w) + (γ/2)‖w − w*‖², proposes w' = w − (ε/2)∇U(w) + √ε·ξ and accepts with
+  the Metropolis–Hastings probability, so its stationary law is exactly the localized tempered
+  posterior for every ε: no step-size (discretisation) bias, at the price of full-batch gradients.
+  SGLD (the default) never rejects and is biased by O(ε);
+* a Geweke-style z-score (first 10% against last 50% of the draws, pooled over chains, with
+  autocorrelation-aware standard errors) flags chains that have not equilibrated (|z| > 3);
+
 * the baseline L_n(w*) is the loss on the FULL data set; each draw's L is the loss of the chain's
   current batch at w_t, an unbiased estimate of L_n(w_t) (the batch is drawn independently of w_t);
 * burn-in draws are excluded from every average (they are kept in ``burnin_traces`` for plots);
@@ -48,7 +56,7 @@ from torch import Tensor, nn
 
 from ._chains import ParamSelection, SGLDDivergenceError, _Problem, _Run, materialize, model_problem, potential_problem, run_chains
 from .calibration import StepSizeCalibration, _calibrate
-from .diagnostics import effective_sample_size, mean_std_err, split_rhat
+from .diagnostics import effective_sample_size, geweke_z, mean_std_err, split_rhat
 from .losses import behavioral_kl, behavioral_mse
 
 __all__ = [
@@ -86,6 +94,7 @@ class SGLDSettings:
     device: str
     dtype: str
     loss: str
+    sampler: str = "sgld"
 
 
 @dataclass(frozen=True)
@@ -96,13 +105,17 @@ class LLCDiagnostics:
         rhat: split R̂ of the λ̂ draws across chains (≲ 1.05 healthy).
         ess: total effective sample size (sum over chains).
         ess_per_chain: ESS of each chain.
-        mala_acceptance: mean Metropolis-adjusted acceptance probability of the SGLD proposals
-            (≳ 0.9 healthy; low values: the step size is too large).
+        mala_acceptance: mean Metropolis-adjusted acceptance probability of the Langevin proposals
+            (SGLD: ≳ 0.9 healthy, low values say the step size is too large and biases the estimate;
+            MALA: the acceptance rate of the sampler, unbiased at any value, ≈ 0.57 mixes best).
         mala_acceptance_per_chain: the same per chain.
         diverged: per chain, whether it diverged (always all False in a returned estimate; see
             :class:`SGLDDivergenceError` for runs that stopped).
         localization_ratio: mean ‖w − w*‖² / (d/γ); above 0.5 the localization dominates.
         warnings: human-readable problems found.
+        stationarity_z: Geweke-style z of the λ̂ draws (first 10% minus last 50%, pooled over chains,
+            :func:`estimators.diagnostics.geweke_z`); |z| > 3: not equilibrated. nan with < 8 draws.
+        stationarity_z_per_chain: the same per chain.
     """
 
     rhat: float
@@ -113,6 +126,8 @@ class LLCDiagnostics:
     diverged: tuple[bool, ...]
     localization_ratio: float
     warnings: tuple[str, ...]
+    stationarity_z: float = math.nan
+    stationarity_z_per_chain: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,7 +167,7 @@ class LLCEstimate:
         d = self.diagnostics
         return (
             f"LLCEstimate({self.mean:.4g} ± {self.std_err:.2g}, {self.settings.num_chains} chains × "
-            f"{self.settings.num_draws} draws, ε = {self.settings.step_size:.3g}, γ = {self.settings.localization:g}, "
+            f"{self.settings.num_draws} draws, {self.settings.sampler.upper()} ε = {self.settings.step_size:.3g}, γ = {self.settings.localization:g}, "
             f"nβ = {self.settings.nbeta:.4g}; R̂ {d.rhat:.3f}, ESS {d.ess:.0f}, MALA {d.mala_acceptance:.3f})"
         )
 
@@ -191,8 +206,18 @@ def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
-def _settings(problem: _Problem, *, nbeta, localization, batch_size, seed, divergence_threshold, default_batch=None):
+def _settings(problem: _Problem, *, nbeta, localization, batch_size, seed, divergence_threshold, default_batch=None,
+              sampler="sgld"):
     n = problem.num_samples
+    if sampler not in ("sgld", "mala"):
+        raise ValueError(f"sampler must be 'sgld' (stochastic gradient Langevin) or 'mala' (Metropolis-adjusted, "
+                         f"full batch), got {sampler!r}")
+    if sampler == "mala":
+        if problem.has_data and batch_size is not None and batch_size < n:
+            raise ValueError(f"sampler='mala' uses full-batch gradients (the Metropolis test needs the exact "
+                             f"potential), but batch_size = {batch_size} < n = {n}; leave batch_size=None or use "
+                             "sampler='sgld' for minibatches")
+        batch_size = n
     nb = float(nbeta) if nbeta is not None else n / math.log(n)
     if not (math.isfinite(nb) and nb > 0):
         raise ValueError(f"nbeta must be a positive number, got {nbeta!r}")
@@ -221,12 +246,14 @@ def _prepare(
     seed: int = 0,
     device: torch.device | str | None = None,
     divergence_threshold: float | None = None,
+    sampler: str = "sgld",
 ) -> tuple[_Problem, dict]:
     tensors, loader_batch = materialize(data)
     problem = model_problem(model, loss_fn, tensors, params=params, device=device,
                             description=getattr(loss_fn, "__name__", type(loss_fn).__name__))
     s = _settings(problem, nbeta=nbeta, localization=localization, batch_size=batch_size, seed=seed,
-                  divergence_threshold=divergence_threshold, default_batch=loader_batch)
+                  divergence_threshold=divergence_threshold, default_batch=loader_batch, sampler=sampler)
+    s["sampler"] = sampler
     return problem, s
 
 
@@ -250,8 +277,19 @@ def _summarise(run: _Run, problem: _Problem, s: dict, *, num_chains, num_draws, 
         warns.append(f"R̂ = {rhat:.3f} > 1.05: chains disagree; raise num_burnin/num_draws or check the step size")
     if float(ess.sum()) < 400:
         warns.append(f"only {float(ess.sum()):.0f} effective draws (< 400): raise num_draws for a reliable standard error")
-    if float(acc_chain.nanmean()) < 0.9:
-        warns.append(f"MALA acceptance {float(acc_chain.nanmean()):.2f} < 0.9: the step size is likely too large")
+    sampler = s.get("sampler", "sgld")
+    if sampler == "sgld" and float(acc_chain.nanmean()) < 0.9:
+        warns.append(f"MALA acceptance {float(acc_chain.nanmean()):.2f} < 0.9: the step size is likely too large "
+                     "(SGLD is then biased; sampler='mala' removes the bias)")
+    if sampler == "mala" and float(acc_chain.nanmean()) < 0.1:
+        warns.append(f"MALA acceptance rate {float(acc_chain.nanmean()):.2f} < 0.1: the chains rarely move; "
+                     "lower step_size")
+    z, z_chain = geweke_z(llc) if llc.shape[1] >= 8 else (math.nan, torch.full((llc.shape[0],), math.nan))
+    if abs(z) > 3:
+        trend = "still rise" if z < 0 else "still fall"
+        warns.append(f"non-stationary draws: the first 10% of the draws differ from the last 50% by z = {z:+.1f} "
+                     f"(|z| > 3; the λ̂ traces {trend}): the chains have not equilibrated; raise num_burnin / num_draws, "
+                     "or the step size (slow directions relax in ~2/(ε·nβ·h) steps)")
     if ratio > 0.5:
         warns.append(f"localization dominates (mean ‖w − w*‖² = {ratio:.2f}·d/γ): lower localization")
     dev = problem.w0.device
@@ -260,12 +298,13 @@ def _summarise(run: _Run, problem: _Problem, s: dict, *, num_chains, num_draws, 
         localization=s["localization"], nbeta=s["nbeta"], num_samples=problem.num_samples, batch_size=s["batch_size"],
         seed=s["seed"], num_sampled_params=problem.num_sampled, mala_every=mala_every,
         divergence_threshold=s["divergence_threshold"], device=str(dev), dtype=str(problem.w0.dtype).replace("torch.", ""),
-        loss=loss_name,
+        loss=loss_name, sampler=sampler,
     )
     diag = LLCDiagnostics(
         rhat=rhat, ess=float(ess.sum()), ess_per_chain=tuple(float(e) for e in ess),
         mala_acceptance=float(acc_chain.nanmean()), mala_acceptance_per_chain=tuple(float(a) for a in acc_chain),
         diverged=tuple(False for _ in range(llc.shape[0])), localization_ratio=ratio, warnings=tuple(warns),
+        stationarity_z=float(z), stationarity_z_per_chain=tuple(float(v) for v in z_chain),
     )
     return LLCEstimate(mean, se, per_chain, per_chain_se, run.baseline, post.clone(), losses[:, :b].clone(), diag,
                        settings, calibration)
@@ -325,7 +364,7 @@ def _estimate(
                      localization=s["localization"], nbeta=s["nbeta"], batch_size=s["batch_size"], seed=s["seed"],
                      mala_every=mala_every, divergence_threshold=s["divergence_threshold"], noise_scale=noise_scale,
                      checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every_draws, resume=resume,
-                     on_divergence=on_divergence)
+                     on_divergence=on_divergence, sampler=s.get("sampler", "sgld"))
     return _summarise(run, problem, s, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
                       step_size=step_size, mala_every=mala_every, loss_name=loss_name, calibration=calibration)
 
@@ -353,6 +392,7 @@ def estimate_llc(
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_every_draws: int = 0,
     resume: bool = False,
+    sampler: Literal["sgld", "mala"] = "sgld",
 ) -> LLCEstimate:
     """SGLD estimate of the local learning coefficient of ``loss_fn(model(x), y)`` at the model's
     current parameters w*: λ̂ = nβ·(E_w[L_n(w)] − L_n(w*)) (Lau et al. 2023, arXiv 2308.12108).
@@ -380,6 +420,9 @@ def estimate_llc(
         checkpoint_every_draws: 0 saves only at the end.
         resume: continue from ``checkpoint_path`` (same settings; ``num_draws`` may grow). The result
             equals an uninterrupted run.
+        sampler: "sgld" (default: minibatch Langevin, never rejects, O(ε) bias) or "mala"
+            (Metropolis-adjusted Langevin on the full batch: exact stationary law for every ε; the
+            acceptance rate is ``diagnostics.mala_acceptance``; ``batch_size`` must be None or n).
 
     Returns:
         :class:`LLCEstimate`.
@@ -390,7 +433,8 @@ def estimate_llc(
         ValueError / TypeError: invalid settings or data, naming the fix.
     """
     problem, s = _prepare(model, loss_fn, data, nbeta=nbeta, localization=localization, batch_size=batch_size,
-                          params=params, seed=seed, device=device, divergence_threshold=divergence_threshold)
+                          params=params, seed=seed, device=device, divergence_threshold=divergence_threshold,
+                          sampler=sampler)
     return _estimate(problem, s, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin, step_size=step_size,
                      mala_every=mala_every, checkpoint_path=checkpoint_path, checkpoint_every_draws=checkpoint_every_draws,
                      resume=resume, loss_name=f"LLC of {problem.description}")
@@ -432,7 +476,7 @@ def estimate_behavioral_llc(
     with torch.no_grad():
         reference = model(xin).detach()
     problem, s = _prepare(model, losses[kind], (xin, reference), **{k: kwargs.pop(k) for k in list(kwargs) if k in (
-        "nbeta", "localization", "batch_size", "params", "seed", "device", "divergence_threshold")})
+        "nbeta", "localization", "batch_size", "params", "seed", "device", "divergence_threshold", "sampler")})
     return _estimate(problem, s, loss_name=f"behavioral LLC ({kind})", **_run_kwargs(kwargs))
 
 
@@ -442,7 +486,7 @@ def _run_kwargs(kwargs: dict) -> dict:
     unknown = set(kwargs) - set(allowed)
     if unknown:
         raise TypeError(f"unknown setting(s) {sorted(unknown)}; allowed: {sorted(allowed)} and nbeta, localization, "
-                        "batch_size, params, seed, device, divergence_threshold")
+                        "batch_size, params, seed, device, divergence_threshold, sampler")
     return {k: kwargs.get(k, v) for k, v in allowed.items()}
 
 
@@ -461,6 +505,7 @@ def estimate_potential_llc(
     dtype: torch.dtype = torch.float64,
     mala_every: int = 5,
     noise_scale: float = 1.0,
+    sampler: Literal["sgld", "mala"] = "sgld",
     **kwargs,
 ) -> LLCEstimate:
     """SGLD estimate for a potential K (the population loss, K(0) = 0 at w* = 0) at "sample size" n:
@@ -470,6 +515,7 @@ def estimate_potential_llc(
         potential: a :class:`theory.zoo.Potential` (or any object with ``.fn`` and ``.dim``).
         num_samples: n, which sets nβ = n/log n unless ``nbeta`` is given.
         noise_scale: multiplies the Langevin noise (1: SGLD; 0: gradient descent — for tests only).
+        sampler: "sgld" or "mala" (Metropolis-adjusted: no step-size bias), as :func:`estimate_llc`.
         other arguments: as :func:`estimate_llc`.
     """
     fn, dim = getattr(potential, "fn", None), getattr(potential, "dim", None)
@@ -479,7 +525,10 @@ def estimate_potential_llc(
         raise ValueError(f"num_samples must be > 1 (β = 1/log n), got {num_samples}")
     problem = potential_problem(fn, dim, int(num_samples), dtype=dtype, device=device)
     s = _settings(problem, nbeta=nbeta, localization=localization, batch_size=1, seed=seed,
-                  divergence_threshold=kwargs.pop("divergence_threshold", None))
+                  divergence_threshold=kwargs.pop("divergence_threshold", None), sampler=sampler)
+    s["sampler"] = sampler
+    if sampler == "mala" and noise_scale != 1.0:
+        raise ValueError("noise_scale must be 1 with sampler='mala' (the Metropolis test assumes the Langevin proposal)")
     return _estimate(problem, s, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin, step_size=step_size,
                      mala_every=mala_every, loss_name=f"potential {getattr(potential, 'name', '')}", noise_scale=noise_scale,
                      **{k: v for k, v in _run_kwargs(kwargs).items() if k in ("checkpoint_path", "checkpoint_every_draws", "resume")})
