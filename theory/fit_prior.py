@@ -25,17 +25,11 @@ import sympy as sp
 from scipy import stats
 from torch import Tensor
 
+from .prior_catalogue import ALPHA as _ALPHA, NU as _NU, P as _P, PI0 as _PI0, S as _S, A as _A, X as _X
 from .priors import PriorPenalty, penalty_from_prior
 
 __all__ = ["FamilyFit", "PriorFit", "fit_prior", "FAMILIES"]
 
-_A = sp.Symbol("a", real=True)
-_X = sp.Symbol("a", nonnegative=True)
-_S = sp.Symbol("s", positive=True)
-_NU = sp.Symbol("nu", positive=True)
-_ALPHA = sp.Symbol("alpha", positive=True)
-_P = sp.Symbol("p", positive=True)
-_PI0 = sp.Symbol("pi_0", positive=True)
 
 
 @dataclass(frozen=True)
