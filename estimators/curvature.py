@@ -114,6 +114,16 @@ class CurvatureOperator:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim}, dtype={self.dtype}, device={self.device})"
 
+    def _init_loss_operator(self, loss, params: Params, mode: str, chunk_size: int | None) -> None:
+        """Shared set-up of an operator of a loss at w* = ``params`` (validated and flattened)."""
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.problem = flatten(loss, params)
+        CurvatureOperator.__init__(self, self.problem.dim, self.problem.w0.dtype, self.problem.w0.device)
+        self.loss = loss
+        self.mode = mode
+        self.chunk_size = chunk_size
+
 
 def _terms(loss: Callable, problem: FlatProblem) -> list[tuple[float, Callable[[Tensor], Tensor]]]:
     """(weight, flat loss) per batch: a DataLoss is split into its batches, anything else is one term."""
@@ -156,13 +166,7 @@ class HessianOperator(CurvatureOperator):
     """
 
     def __init__(self, loss: Callable[[Params], Tensor], params: Params, *, mode: str = "auto", chunk_size: int | None = None):
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        self.problem = flatten(loss, params)
-        super().__init__(self.problem.dim, self.problem.w0.dtype, self.problem.w0.device)
-        self.loss = loss
-        self.mode = mode
-        self.chunk_size = chunk_size
+        self._init_loss_operator(loss, params, mode, chunk_size)
         self._terms = _terms(loss, self.problem)
 
     def _hvp_block(self, fn: Callable[[Tensor], Tensor], V: Tensor, mode: str) -> Tensor:
@@ -250,13 +254,7 @@ class GaussNewtonOperator(CurvatureOperator):
                 "GaussNewtonOperator needs a DataLoss (build it with estimators.behavioral_loss or "
                 f"estimators.training_loss), got {type(loss).__name__}; for a plain callable use HessianOperator"
             )
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        self.problem = flatten(loss, params)
-        super().__init__(self.problem.dim, self.problem.w0.dtype, self.problem.w0.device)
-        self.loss = loss
-        self.mode = mode
-        self.chunk_size = chunk_size
+        self._init_loss_operator(loss, params, mode, chunk_size)
 
     def _ggn_block(self, batch: tuple[Tensor, ...], V: Tensor, mode: str) -> Tensor:
         p = self.problem
