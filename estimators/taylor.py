@@ -360,18 +360,8 @@ def _call(target, args, kwargs, K: int):
         if not _is_jet(b):
             return _linear(lambda c: torch.div(c, b), a)
         return _cauchy(_as_jet(a, K), _recip(b), torch.mul)
-    if target is aten.reciprocal.default:
-        return _recip(args[0])
-    if target is aten.tanh.default:
-        return _tanh_rule(args[0])
-    if target is aten.exp.default:
-        return _exp_rule(args[0])
-    if target is aten.log.default:
-        return _log_rule(args[0])
-    if target is aten.sigmoid.default:
-        return _sigmoid_rule(args[0])
-    if target is aten.relu.default:
-        return _relu_rule(args[0])
+    if target in _UNARY_RULES:
+        return _UNARY_RULES[target](args[0])
     if target is aten.pow.Tensor_Scalar:
         return _pow_rule(args[0], args[1])
     if target is aten.square.default:
@@ -622,3 +612,11 @@ def third_derivative_vector(fn, w: Tensor, v: Tensor, method: str = "auto") -> T
 def fourth_derivative(fn, w: Tensor, v: Tensor, method: str = "auto") -> Tensor:
     """T₄[v, v, v, v] = d⁴/dt⁴ f(w + t·v)|_{t=0} by Taylor mode (batched over v)."""
     return _tm(fn, w, method).fourth(v)
+
+
+# One-argument elementwise ops → their Taylor-coefficient recurrences (used by _call; defined here,
+# after the rules).
+_UNARY_RULES = {
+    aten.reciprocal.default: _recip, aten.tanh.default: _tanh_rule, aten.exp.default: _exp_rule,
+    aten.log.default: _log_rule, aten.sigmoid.default: _sigmoid_rule, aten.relu.default: _relu_rule,
+}

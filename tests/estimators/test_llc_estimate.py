@@ -17,22 +17,10 @@ from estimators import (
     estimate_potential_llc,
 )
 from estimators._chains import model_problem, run_chains
+from tests.estimators._sgld_problems import linear_problem as _linear_problem, mse as _mse, resume_runs
 from theory import finite_n_target, zoo
 
 
-def _mse(p, t):
-    return ((p - t) ** 2).sum(-1).mean()
-
-
-def _linear_problem(device, n=200, d=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.tensor([1.0, 0.5, 2.0][:d], dtype=torch.float64)
-    w_true = torch.randn(1, d, generator=g, dtype=torch.float64)
-    y = x @ w_true.T
-    model = nn.Linear(d, 1, bias=False).double().to(device)
-    with torch.no_grad():
-        model.weight.copy_(w_true)
-    return model, x.to(device), y.to(device)
 
 
 def _ula_target(H, nbeta, gamma, eps):
@@ -183,11 +171,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     model, x, y = _linear_problem("cpu", n=96)
     kw = dict(num_chains=3, num_burnin=10, step_size=1e-3, batch_size=32, seed=5, mala_every=3)
     path = tmp_path / "run.pt"
-    first = estimate_llc(model, _mse, (x, y), num_draws=30, checkpoint_path=path, checkpoint_every_draws=10, **kw)
-    resumed = estimate_llc(model, _mse, (x, y), num_draws=70, checkpoint_path=path, resume=True, **kw)
-    straight = estimate_llc(model, _mse, (x, y), num_draws=70, **kw)
-    assert torch.equal(first.loss_traces, straight.loss_traces[:, :30])
-    assert torch.equal(resumed.loss_traces, straight.loss_traces)
+    resumed, straight = resume_runs(path, model, x, y, **kw)
     assert resumed.mean == straight.mean and resumed.diagnostics.mala_acceptance == straight.diagnostics.mala_acceptance
     with pytest.raises(ValueError, match="different settings"):
         estimate_llc(model, _mse, (x, y), num_draws=70, checkpoint_path=path, resume=True, **{**kw, "seed": 6})

@@ -8,25 +8,12 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from estimators import effective_sample_size, estimate_llc, estimate_potential_llc, geweke_z
+from tests.estimators._sgld_problems import linear_problem as _linear_problem, mse as _mse, resume_runs
 from theory import finite_n_target, zoo
 
 
-def _mse(p, t):
-    return ((p - t) ** 2).sum(-1).mean()
-
-
-def _linear_problem(device, n=200, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
-    w_true = torch.randn(1, 3, generator=g, dtype=torch.float64)
-    y = x @ w_true.T
-    model = nn.Linear(3, 1, bias=False).double().to(device)
-    with torch.no_grad():
-        model.weight.copy_(w_true)
-    return model, x.to(device), y.to(device)
 
 
 def _z(est, target):
@@ -115,11 +102,7 @@ def test_mala_resume_equals_uninterrupted_run(tmp_path):
     model, x, y = _linear_problem("cpu", n=96)
     kw = dict(num_chains=3, num_burnin=10, step_size=2e-2, seed=5, sampler="mala")
     path = tmp_path / "mala.pt"
-    first = estimate_llc(model, _mse, (x, y), num_draws=30, checkpoint_path=path, checkpoint_every_draws=10, **kw)
-    resumed = estimate_llc(model, _mse, (x, y), num_draws=70, checkpoint_path=path, resume=True, **kw)
-    straight = estimate_llc(model, _mse, (x, y), num_draws=70, **kw)
-    assert torch.equal(first.loss_traces, straight.loss_traces[:, :30])
-    assert torch.equal(resumed.loss_traces, straight.loss_traces)
+    resumed, straight = resume_runs(path, model, x, y, **kw)
     assert resumed.mean == straight.mean
     assert resumed.diagnostics.mala_acceptance == straight.diagnostics.mala_acceptance < 1.0
     # a MALA checkpoint is not an SGLD checkpoint

@@ -1,0 +1,31 @@
+"""Small sampling problems shared by the estimator tests."""
+import torch
+from torch import nn
+
+from estimators import estimate_llc
+
+
+def mse(prediction, target):
+    return ((prediction - target) ** 2).sum(-1).mean()
+
+
+def linear_problem(device, n=200, d=3, seed=0):
+    """A realisable linear regression y = w·x (float64) with the model placed at the truth."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.tensor([1.0, 0.5, 2.0][:d], dtype=torch.float64)
+    w_true = torch.randn(1, d, generator=g, dtype=torch.float64)
+    y = x @ w_true.T
+    model = nn.Linear(d, 1, bias=False).double().to(device)
+    with torch.no_grad():
+        model.weight.copy_(w_true)
+    return model, x.to(device), y.to(device)
+
+
+def resume_runs(path, model, x, y, **kw):
+    """(first 30 draws checkpointed, resumed to 70, straight 70): for resume-equals-uninterrupted checks."""
+    first = estimate_llc(model, mse, (x, y), num_draws=30, checkpoint_path=path, checkpoint_every_draws=10, **kw)
+    resumed = estimate_llc(model, mse, (x, y), num_draws=70, checkpoint_path=path, resume=True, **kw)
+    straight = estimate_llc(model, mse, (x, y), num_draws=70, **kw)
+    assert torch.equal(first.loss_traces, straight.loss_traces[:, :30])
+    assert torch.equal(resumed.loss_traces, straight.loss_traces)
+    return resumed, straight
