@@ -10,7 +10,7 @@ NORMALISERS = ("none", "position")
 
 @dataclass(frozen=True)
 class BilinearConfig:
-    """Shape of a :class:`~bilinear.model.BilinearTransformer`.
+    """Shape of a :class:`~slt_interp.bilinear.model.BilinearTransformer`.
 
     Attributes:
         vocab_size: number of tokens V.

@@ -1,6 +1,6 @@
 """Closed-form expansion of a bilinear / linear-attention transformer into named polynomial terms.
 
-The model (:mod:`bilinear.model`) is a polynomial in its embeddings (THEORY.md §5; Sharkey 2023,
+The model (:mod:`slt_interp.bilinear.model`) is a polynomial in its embeddings (docs/theory.md §5; Sharkey 2023,
 arXiv 2305.03452; Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits", for the
 path-expansion view, here without frozen attention patterns). Each head and MLP reads the residual
 stream, which is the sum of the outputs of the components before it:
@@ -58,9 +58,9 @@ class NotExpandableError(TypeError):
 def _check_expandable(model) -> None:
     if not isinstance(model, BilinearTransformer):
         raise NotExpandableError(
-            f"expand() needs a bilinear.BilinearTransformer, got {type(model).__name__}. Only a transformer "
+            f"expand() needs a slt_interp.bilinear.BilinearTransformer, got {type(model).__name__}. Only a transformer "
             "with linear (softmax-free) attention, bilinear MLPs and no normalisation layer is a polynomial in "
-            "its embeddings; build one with bilinear.BilinearTransformer(BilinearConfig(...)) and train it."
+            "its embeddings; build one with slt_interp.bilinear.BilinearTransformer(BilinearConfig(...)) and train it."
         )
     for name, module in model.named_modules():
         if isinstance(module, _FORBIDDEN):
@@ -319,7 +319,7 @@ class ComponentExpansion:
     # -- factored representation ------------------------------------------------------------------------
     def factored(self, term: int | Term, *, readout="logits", token_space: bool = False):
         """The term's weights, factored: :class:`HeadFactors` for a head term, a
-        :class:`~bilinear.factored.FactoredBilinear` for an MLP term (its interaction matrices
+        :class:`~slt_interp.bilinear.factored.FactoredBilinear` for an MLP term (its interaction matrices
         ``.interaction(u)``), a :class:`FactoredMatrix` readout·W_E for the embedding term.
 
         With ``token_space=True`` every slot filled by the embedding is composed with the token
@@ -356,14 +356,14 @@ class ComponentExpansion:
 
     # -- pruning ------------------------------------------------------------------------------------------
     def bounds(self, *, readout="logits"):
-        """Certified per-term bounds; see :func:`bilinear.prune.term_bounds`."""
+        """Certified per-term bounds; see :func:`slt_interp.bilinear.prune.term_bounds`."""
         from .prune import term_bounds
 
         return term_bounds(self, readout=readout)
 
     def prune(self, eps: float | None = None, *, num_keep: int | None = None, tokens: Tensor | None = None,
               rank_by: str = "bound", exhaustive: bool = False):
-        """Keep the largest terms; see :func:`bilinear.prune.prune`."""
+        """Keep the largest terms; see :func:`slt_interp.bilinear.prune.prune`."""
         from .prune import prune
 
         return prune(self, eps, num_keep=num_keep, tokens=tokens, rank_by=rank_by, exhaustive=exhaustive)
@@ -420,7 +420,7 @@ class PathExpansion:
 
     The residual stream after stage k (one attention layer, or one MLP) is the sum of N_k paths; an
     attention layer with H heads maps N paths to N + H·N³ (a new path per head and (q, k, v) triple),
-    a bilinear MLP maps N to N + N(N + 1)/2 (unordered pairs) (THEORY.md §5). Path i is decoded from
+    a bilinear MLP maps N to N + N(N + 1)/2 (unordered pairs) (docs/theory.md §5). Path i is decoded from
     its index in O(1) per level; nothing is enumerated unless asked.
 
     Example:
@@ -624,11 +624,11 @@ def expand(model: BilinearTransformer, level: str = "component"):
     logits_t = Σ_terms term_t exactly (float64: relative error ~1e-15), with
     head term(q=a, k=b, v=c)_t = n(t) Σ_{s≤t} (out_a(t)ᵀ W_Qᵀ W_K out_b(s)) · W_U W_O W_V out_c(s)
     and MLP term(a, b) = W_U P((W out_a) ⊙ (V out_b)) (+ the swapped product when a ≠ b).
-    THEORY.md §5; bilinear layers: Sharkey 2023 (arXiv 2305.03452); interaction matrices:
+    docs/theory.md §5; bilinear layers: Sharkey 2023 (arXiv 2305.03452); interaction matrices:
     Pearce et al. 2024 (arXiv 2410.08417).
 
     Args:
-        model: a :class:`~bilinear.model.BilinearTransformer` (float64 recommended for exactness).
+        model: a :class:`~slt_interp.bilinear.model.BilinearTransformer` (float64 recommended for exactness).
         level: "component" (:class:`ComponentExpansion`, sources are whole component outputs, term count
             polynomial in depth) or "path" (:class:`PathExpansion`, monomials down to the embedding,
             lazy).

@@ -2,7 +2,7 @@
 
 residual r⁰_t = E[x_t] (+ P[t]); for each block l: r ← r + Σ_h Attn_{l,h}(r); r ← r + MLP_l(r);
 logits_t = W_U r_t. No softmax and no normalisation layer anywhere, so every logit is a polynomial in
-the embeddings (THEORY.md §5) and :func:`bilinear.expand` can write it as a sum of named terms.
+the embeddings (docs/theory.md §5) and :func:`slt_interp.bilinear.expand` can write it as a sum of named terms.
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def load_model(path: str | Path, *, map_location=None) -> BilinearTransformer:
     """Load a model written by :func:`save_model` (same dtype as saved)."""
     data = torch.load(Path(path), map_location=map_location, weights_only=True)
     if not isinstance(data, dict) or set(data) != {"config", "state_dict"}:
-        raise ValueError(f"{path} is not a file written by bilinear.save_model")
+        raise ValueError(f"{path} is not a file written by slt_interp.bilinear.save_model")
     model = BilinearTransformer(BilinearConfig.from_dict(data["config"]))
     dtype = next(iter(data["state_dict"].values())).dtype
     model = model.to(dtype)

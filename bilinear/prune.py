@@ -4,7 +4,7 @@ Error metric: the worst case over every token sequence of length ≤ n_ctx and e
 ℓ2 norm of the dropped terms' sum, sup_{x, t} ‖Σ_{dropped} term_t(x)‖₂ (in logit space by default).
 The certificate is Σ_{dropped} b_i, with b_i ≥ sup_{x,t} ‖term_i,t(x)‖₂ (triangle inequality).
 
-Per-term bounds b_i, tightest first (THEORY.md §5 lists the options; norm products alone can be
+Per-term bounds b_i, tightest first (docs/theory.md §5 lists the options; norm products alone can be
 vacuous, compare Gross et al. 2024, arXiv 2406.11779):
 
 * the embedding term and MLP terms whose two slots are the embedding depend on (x_t, t) only: exact
@@ -53,7 +53,7 @@ def _spec(M: Tensor) -> float:
 
 
 def term_bounds(expansion: ComponentExpansion, *, readout="logits") -> TermBounds:
-    """Certified per-term worst-case norms of a :class:`~bilinear.expand.ComponentExpansion`.
+    """Certified per-term worst-case norms of a :class:`~slt_interp.bilinear.expand.ComponentExpansion`.
 
     See the module docstring for the bounds used. Computed in float64 whatever the model dtype.
 

@@ -1,4 +1,4 @@
-"""Training a bilinear transformer on a :class:`~bilinear.tasks.Task` (cross-entropy, AdamW).
+"""Training a bilinear transformer on a :class:`~slt_interp.bilinear.tasks.Task` (cross-entropy, AdamW).
 
 AdamW (Loshchilov & Hutter 2019, arXiv 1711.05101) is written out as a pure update of (params, moments)
 so that training needs no optimizer object (and does not import torch's compiler stack, ~5 s here).

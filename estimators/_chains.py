@@ -1,6 +1,6 @@
 """Vectorised SGLD chains: the sampling problem (a loss of one flat vector and a batch) and the loop.
 
-Private machinery shared by :mod:`estimators.llc_estimate` and :mod:`estimators.calibration`.
+Private machinery shared by :mod:`slt_interp.estimators.llc_estimate` and :mod:`slt_interp.estimators.calibration`.
 
 * A :class:`_Problem` is ``batch_loss(w, x_B, y_B)`` for ONE chain (``w`` flat (d,)), the full-data
   loss, w*, the mask of sampled coordinates and n. Models become problems through
@@ -10,7 +10,7 @@ Private machinery shared by :mod:`estimators.llc_estimate` and :mod:`estimators.
   chains advance in one batched evaluation. Every chain has its own noise generator and its own batch order,
   both spawned from one seed (``numpy.random.SeedSequence``). Losses are stored in float64.
 * ``sampler="mala"``: the same Langevin proposal on the FULL-batch potential, accepted per chain with
-  the Metropolis–Hastings probability α of :func:`estimators.sgld.mala_acceptance` (a uniform draw
+  the Metropolis–Hastings probability α of :func:`slt_interp.estimators.sgld.mala_acceptance` (a uniform draw
   from the chain's own generator), so the stationary law is exactly p ∝ exp(−U) for every ε. The
   gradient at the current point is carried from the previous step (one gradient per step).
 """

@@ -5,12 +5,12 @@ candidate step size ε_k = 10^(1 − k/4)/nβ, k = 0..K−1 (K = 17) (all candid
 same seed); discard the first half of each pilot; pick the LARGEST ε whose pilot did not diverge and
 whose mean Metropolis-adjusted (MALA) acceptance probability of the proposed SGLD moves is at least
 ``target_acceptance`` (0.95 by default). The acceptance measures how well one Langevin step resolves
-the localized posterior (Roberts & Tweedie 1996; THEORY.md §1 "≳ 0.9 healthy"); larger steps mix
+the localized posterior (Roberts & Tweedie 1996; docs/theory.md §1 "≳ 0.9 healthy"); larger steps mix
 faster but bias the stationary distribution, smaller ones waste draws.
 
 γ check: under the localized posterior the prior term alone gives E‖w − w*‖² = d/γ. When the pilot's
 mean ‖w − w*‖² at the chosen ε exceeds half of that, the localization — not the loss — confines the
-chain and the estimate is pulled towards 0 (THEORY.md §1: γ = 100 takes ½w1²w2⁴ from 0.22 to 0.002);
+chain and the estimate is pulled towards 0 (docs/theory.md §1: γ = 100 takes ½w1²w2⁴ from 0.22 to 0.002);
 the calibration then records a warning telling the user to lower γ.
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _calibrate(
 def calibrate_step_size(model, loss_fn, data, **kwargs) -> StepSizeCalibration:
     """Pick the SGLD step size for ``estimate_llc(model, loss_fn, data, ...)`` by the rule above.
 
-    Accepts the keyword arguments of :func:`estimators.estimate_llc` that define the posterior
+    Accepts the keyword arguments of :func:`slt_interp.estimators.estimate_llc` that define the posterior
     (``nbeta``, ``localization``, ``batch_size``, ``params``, ``seed``, ``device``) and
     ``pilot_steps``, ``target_acceptance``. Returns a :class:`StepSizeCalibration`.
 

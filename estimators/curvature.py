@@ -8,10 +8,10 @@
   reverse-over-reverse fallback ``vjp(grad(L))`` for models without forward-mode support.
 * :class:`GaussNewtonOperator` — the generalized Gauss–Newton matrix G = Σ_b (n_b/n)·J_bᵀ·(∇²_z ℓ)·J_b
   (Schraudolph 2002), computed as jvp → output-space Hessian → vjp without forming J. For the behavioral
-  loss (:func:`estimators.behavioral_loss`) at w* it equals the Hessian: (2/n)·Σ_x J_xᵀJ_x for the MSE
+  loss (:func:`slt_interp.estimators.behavioral_loss`) at w* it equals the Hessian: (2/n)·Σ_x J_xᵀJ_x for the MSE
   version, the Fisher matrix for the KL version (Bushnaq et al. 2024, arXiv 2405.10927, §2.2).
 
-Operators work on the flat vector of :func:`estimators._flat.flatten` (parameters concatenated in
+Operators work on the flat vector of :func:`slt_interp.estimators._flat.flatten` (parameters concatenated in
 the order of the params dict). Device and dtype follow the parameters. For a :class:`DataLoss`, products
 are summed over its batches, so data sets that do not fit one batch are handled exactly.
 
@@ -89,7 +89,7 @@ class CurvatureOperator:
         if self.dim > max_dim:
             raise ValueError(
                 f"to_dense() would build a {self.dim}×{self.dim} matrix (> max_dim = {max_dim}); use the matrix-free "
-                "spectrum tools (estimators.lanczos, estimators.count_eigenvalues) or raise max_dim"
+                "spectrum tools (slt_interp.estimators.lanczos, slt_interp.estimators.count_eigenvalues) or raise max_dim"
             )
         cols = []
         for start in range(0, self.dim, chunk_size):
@@ -156,7 +156,7 @@ class HessianOperator(CurvatureOperator):
         chunk_size: columns per vmapped call (``None``: the whole block at once).
 
     Raises:
-        ValueError: unknown mode; invalid params (see :func:`estimators._flat.flatten`).
+        ValueError: unknown mode; invalid params (see :func:`slt_interp.estimators._flat.flatten`).
 
     Example:
         >>> op = HessianOperator(lambda w: (w ** 2).sum() + w[0] * w[1], torch.zeros(2, dtype=torch.float64))
@@ -237,8 +237,8 @@ class GaussNewtonOperator(CurvatureOperator):
     training loss it is the positive semi-definite GGN approximation to the Hessian.
 
     Args:
-        loss: a :class:`DataLoss` (from :func:`estimators.training_loss` or
-            :func:`estimators.behavioral_loss`).
+        loss: a :class:`DataLoss` (from :func:`slt_interp.estimators.training_loss` or
+            :func:`slt_interp.estimators.behavioral_loss`).
         params: the params dict w* (as returned with ``loss``).
         mode: "auto", "forward" or "reverse" (how J·v is computed).
         chunk_size: columns per vmapped call.
@@ -251,8 +251,8 @@ class GaussNewtonOperator(CurvatureOperator):
     def __init__(self, loss: DataLoss, params: Params, *, mode: str = "auto", chunk_size: int | None = None):
         if not isinstance(loss, DataLoss):
             raise TypeError(
-                "GaussNewtonOperator needs a DataLoss (build it with estimators.behavioral_loss or "
-                f"estimators.training_loss), got {type(loss).__name__}; for a plain callable use HessianOperator"
+                "GaussNewtonOperator needs a DataLoss (build it with slt_interp.estimators.behavioral_loss or "
+                f"slt_interp.estimators.training_loss), got {type(loss).__name__}; for a plain callable use HessianOperator"
             )
         self._init_loss_operator(loss, params, mode, chunk_size)
 

@@ -3,7 +3,7 @@
 * :func:`plot_spectrum` — sorted |eigenvalues| on a log scale, negative ones marked, the threshold τ as a
   horizontal line: the eigenvalues above it are the rank.
 * :func:`plot_rank_curve` — lower bound rank(τ)/2, upper bound d/2, the quadratic SGLD target ½·Σ h/(h + τ)
-  and (optionally) the exact λ, against τ or n (THEORY.md §3).
+  and (optionally) the exact λ, against τ or n (docs/theory.md §3).
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def plot_rank_curve(curve: RankCurve, *, llc: float | None = None, ax=None, agai
     if against not in ("threshold", "n"):
         raise ValueError(f"against must be 'threshold' or 'n', got {against!r}")
     if against == "n" and curve.sample_sizes is None:
-        raise ValueError("this curve has no sample sizes: build it with estimators.rank_curve_vs_n")
+        raise ValueError("this curve has no sample sizes: build it with slt_interp.estimators.rank_curve_vs_n")
     ax = _axes(ax)
     x = (curve.thresholds if against == "threshold" else curve.sample_sizes).numpy()
     lower = curve.lower.numpy()

@@ -1,6 +1,6 @@
 """Order-4 analysis of the loss on the Hessian null space: the Schur-corrected quartic g₄.
 
-THEORY.md §3. Write K(w* + δ) = ½δᵀHδ + (1/6)T₃[δ³] + (1/24)T₄[δ⁴] + …, r = rank H, k = d − r. For
+docs/theory.md §3. Write K(w* + δ) = ½δᵀHδ + (1/6)T₃[δ³] + (1/24)T₄[δ⁴] + …, r = rank H, k = d − r. For
 v ∈ null(H), eliminating the range directions u (minimise over u the terms ½uᵀHu + ½uᵀb(v)) leaves
 
     g₄(v) = (1/24)·T₄[v, v, v, v] − (1/8)·b(v)ᵀH⁺b(v),   b(v) = P_range T₃[·, v, v],
@@ -413,7 +413,7 @@ def analyze_quartic(
     """Classify g₄(v) = T₄[v⁴]/24 − b(v)ᵀH⁺b(v)/8 on the unit sphere of null(H) (module docstring).
 
     Args:
-        problem: the flat loss (:func:`estimators._flat.flatten`); ``problem.w0`` is w*.
+        problem: the flat loss (:func:`slt_interp.estimators._flat.flatten`); ``problem.w0`` is w*.
         rank: r, the number of Hessian eigenvalues counted as non-zero.
         eigenvalues, eigenvectors: the dense eigendecomposition of H at w* (ascending, eigenvectors as
             columns); the top ``rank`` pairs span the range, the others the null space.
@@ -439,7 +439,7 @@ def analyze_quartic(
             matrix-free rank above ``max_rank``.
 
     Example:
-        >>> from estimators._flat import flatten
+        >>> from slt_interp.estimators._flat import flatten
         >>> p = flatten(lambda w: w[0] ** 2 + w[1] ** 4, torch.zeros(2, dtype=torch.float64))
         >>> H = torch.func.hessian(p.fn)(p.w0); ev, U = torch.linalg.eigh(H)
         >>> analyze_quartic(p, rank=1, eigenvalues=ev, eigenvectors=U).classification
@@ -652,7 +652,7 @@ def sharpen_bounds(
     generator: torch.Generator | None = None,
     **options,
 ) -> LLCBounds:
-    """Order-4 bounds from order-2 bounds ``base``: classify g₄ on null(H) and apply THEORY.md §3.
+    """Order-4 bounds from order-2 bounds ``base``: classify g₄ on null(H) and apply docs/theory.md §3.
 
     With r = base.rank, k = base.nullity:
     g₄ positive definite (certified) → λ = r/2 + k/4, ``exact`` (m = 1);

@@ -1,7 +1,7 @@
 """Bounds on the local learning coefficient from the Taylor expansion of the loss at w*.
 
-THEORY.md §3 (splitting lemma; Watanabe 2009): with r = rank ∇²K(w*) and k = d − r,
-r/2 ≤ λ ≤ d/2, sharpened by the order-4 analysis on the null space (:mod:`estimators.higher_order`).
+docs/theory.md §3 (splitting lemma; Watanabe 2009): with r = rank ∇²K(w*) and k = d − r,
+r/2 ≤ λ ≤ d/2, sharpened by the order-4 analysis on the null space (:mod:`slt_interp.estimators.higher_order`).
 """
 from __future__ import annotations
 
@@ -105,33 +105,33 @@ def llc_bounds(
 ) -> LLCBounds:
     """Bounds on the local learning coefficient from the rank of the Hessian at w*.
 
-    Splitting lemma (Watanabe 2009, Algebraic Geometry and Statistical Learning Theory; THEORY.md §3): at
+    Splitting lemma (Watanabe 2009, Algebraic Geometry and Statistical Learning Theory; docs/theory.md §3): at
     a local minimum, K(w) = |u|² + g(v) in analytic coordinates with u ∈ R^r, r = rank ∇²L(w*), so
 
         r/2 ≤ λ ≤ d/2,
 
     with equality (λ = d/2, a regular model) exactly when r = d. ``order=4`` sharpens the bounds with
-    the quartic part on the null space (:func:`estimators.sharpen_bounds`).
+    the quartic part on the null space (:func:`slt_interp.estimators.sharpen_bounds`).
 
     The rank is the number of eigenvalues above an explicit threshold τ. Default: τ = rtol·max|λ| with
     rtol = d·ε(dtype) for the dense method (the LAPACK/numpy numerical-rank convention) and rtol = 1e-3 for
     the matrix-free method (resolvable by a few hundred Lanczos steps). At finite n, directions with
-    h ≲ γ/(nβ) are effectively flat (THEORY.md §3): pass that as ``threshold``, or use
-    :func:`estimators.rank_curve` for the whole curve.
+    h ≲ γ/(nβ) are effectively flat (docs/theory.md §3): pass that as ``threshold``, or use
+    :func:`slt_interp.estimators.rank_curve` for the whole curve.
 
     Methods: "dense" (d ≤ ``max_dense_dim``): the Hessian assembled from d HVPs and diagonalised in
     float64. "slq" (larger d): the count by stochastic Lanczos quadrature with a confidence interval
-    (:func:`estimators.count_eigenvalues`); its lower bound rests on sampling and is listed in
+    (:func:`slt_interp.estimators.count_eigenvalues`); its lower bound rests on sampling and is listed in
     ``observed``.
 
     The bounds need w* to be a local minimum. A gradient ‖∇L(w*)‖ > ``grad_tol`` (default
     √ε·max|λ|·max(1, ‖w*‖)) or eigenvalues clearly below −τ trigger a :class:`NotAMinimumWarning`
     (``on_nonminimum="raise"``: :class:`NotAMinimumError`; "ignore": nothing); the result then has
-    ``is_minimum=False``. The behavioral loss (:func:`estimators.behavioral_loss`) has w* as a minimum
+    ``is_minimum=False``. The behavioral loss (:func:`slt_interp.estimators.behavioral_loss`) has w* as a minimum
     by construction.
 
     Args:
-        loss: ``loss(params) -> scalar``, e.g. from :func:`estimators.training_loss`.
+        loss: ``loss(params) -> scalar``, e.g. from :func:`slt_interp.estimators.training_loss`.
         params: w*, a Tensor or a dict of Tensors.
         order: 2 (Hessian) or 4 (plus the quartic on the null space).
         threshold: τ, absolute; overrides ``rtol``.
@@ -141,7 +141,7 @@ def llc_bounds(
         num_probes, max_steps, confidence: SLQ settings.
         grad_tol: gradient-norm tolerance of the minimum check.
         on_nonminimum: "warn", "raise" or "ignore".
-        mode: how HVPs are computed ("auto", "forward", "reverse"; see :class:`estimators.HessianOperator`).
+        mode: how HVPs are computed ("auto", "forward", "reverse"; see :class:`slt_interp.estimators.HessianOperator`).
         generator: seeds the stochastic parts (``None``: a CPU generator with seed 0).
 
     Returns:
@@ -230,7 +230,7 @@ def llc_bounds(
         message = (
             "w* is not a local minimum of this loss (" + "; ".join(reasons) + "): the Hessian-rank bounds "
             "rank/2 ≤ λ ≤ d/2 assume a minimum and do not hold here. Use the behavioral loss "
-            "(estimators.behavioral_loss(model, inputs)), for which w* is always a minimum, or train to convergence."
+            "(slt_interp.estimators.behavioral_loss(model, inputs)), for which w* is always a minimum, or train to convergence."
         )
         observed.append("not a minimum: " + "; ".join(reasons))
         if on_nonminimum == "raise":

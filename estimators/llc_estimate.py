@@ -5,8 +5,8 @@ Estimator (Lau, Furman, Wang, Murfet, Wei 2023, arXiv 2308.12108; Furman & Lau 2
     λ̂ = nβ·(E_w[L_n(w)] − L_n(w*)),   β = 1/log n (so nβ = n/log n by default),
 
 with the expectation over the localized tempered posterior p(w) ∝ exp(−nβ·L_n(w) − (γ/2)‖w − w*‖²),
-sampled by SGLD (:mod:`estimators.sgld`) from w* in several chains. How this estimator avoids the
-known pitfalls (THEORY.md §1):
+sampled by SGLD (:mod:`slt_interp.estimators.sgld`) from w* in several chains. How this estimator avoids the
+known pitfalls (docs/theory.md §1):
 
 * ``sampler="mala"`` (Metropolis-adjusted Langevin, Roberts & Tweedie 1996, Bernoulli 2(4)) uses the
   full-batch U(w) = nβ·L_n(w) + (γ/2)‖w − w*‖², proposes w' = w − (ε/2)∇U(w) + √ε·ξ and accepts with
@@ -21,7 +21,7 @@ known pitfalls (THEORY.md §1):
 * burn-in draws are excluded from every average (they are kept in ``burnin_traces`` for plots);
 * every chain has its own noise stream and its own batch order, spawned from one seed;
 * the standard error accounts for autocorrelation (per-chain effective sample sizes) and is never
-  smaller than the spread of the chain means (:func:`estimators.diagnostics.mean_std_err`);
+  smaller than the spread of the chain means (:func:`slt_interp.estimators.diagnostics.mean_std_err`);
 * all chains advance together in one ``torch.func.vmap``-ed gradient evaluation; traces are float64.
 
 Refined LLCs (Wang, Farrugia-Roberts, Hoogland, Carroll, Wei, Murfet 2024, arXiv 2410.02984):
@@ -114,7 +114,7 @@ class LLCDiagnostics:
         localization_ratio: mean ‖w − w*‖² / (d/γ); above 0.5 the localization dominates.
         warnings: human-readable problems found.
         stationarity_z: Geweke-style z of the λ̂ draws (first 10% minus last 50%, pooled over chains,
-            :func:`estimators.diagnostics.geweke_z`); |z| > 3: not equilibrated. nan with < 8 draws.
+            :func:`slt_interp.estimators.diagnostics.geweke_z`); |z| > 3: not equilibrated. nan with < 8 draws.
         stationarity_z_per_chain: the same per chain.
     """
 
@@ -406,7 +406,7 @@ def estimate_llc(
         num_chains: independent chains, run together (vectorised).
         num_draws: draws per chain after burn-in (one per step).
         num_burnin: steps discarded at the start of every chain (default num_draws // 2).
-        step_size: ε; None (default) calibrates it with :func:`estimators.calibrate_step_size`'s rule.
+        step_size: ε; None (default) calibrates it with :func:`slt_interp.estimators.calibrate_step_size`'s rule.
         localization: γ of the localizing prior (γ/2)‖w − w*‖².
         nbeta: nβ; default n/log n with n the number of samples in ``data``.
         batch_size: samples per SGLD gradient (default: the DataLoader's, else min(n, 512)).
@@ -509,10 +509,10 @@ def estimate_potential_llc(
     **kwargs,
 ) -> LLCEstimate:
     """SGLD estimate for a potential K (the population loss, K(0) = 0 at w* = 0) at "sample size" n:
-    λ̂ = nβ·E_p[K], p ∝ exp(−nβK − (γ/2)‖w‖²). Its exact target is :func:`theory.finite_n_target`.
+    λ̂ = nβ·E_p[K], p ∝ exp(−nβK − (γ/2)‖w‖²). Its exact target is :func:`slt_interp.theory.finite_n_target`.
 
     Args:
-        potential: a :class:`theory.zoo.Potential` (or any object with ``.fn`` and ``.dim``).
+        potential: a :class:`slt_interp.theory.zoo.Potential` (or any object with ``.fn`` and ``.dim``).
         num_samples: n, which sets nβ = n/log n unless ``nbeta`` is given.
         noise_scale: multiplies the Langevin noise (1: SGLD; 0: gradient descent — for tests only).
         sampler: "sgld" or "mala" (Metropolis-adjusted: no step-size bias), as :func:`estimate_llc`.
@@ -520,7 +520,7 @@ def estimate_potential_llc(
     """
     fn, dim = getattr(potential, "fn", None), getattr(potential, "dim", None)
     if fn is None or dim is None:
-        raise TypeError(f"potential must be a theory.zoo.Potential (with .fn and .dim), got {type(potential).__name__}")
+        raise TypeError(f"potential must be a slt_interp.theory.zoo.Potential (with .fn and .dim), got {type(potential).__name__}")
     if not num_samples > 1:
         raise ValueError(f"num_samples must be > 1 (β = 1/log n), got {num_samples}")
     problem = potential_problem(fn, dim, int(num_samples), dtype=dtype, device=device)

@@ -1,6 +1,6 @@
 """The finite-data view of Hessian-rank bounds: rank and bounds as a function of the threshold τ or of n.
 
-THEORY.md §3: on a quadratic basin with Hessian eigenvalues h_i, the localized SGLD target at sample size
+docs/theory.md §3: on a quadratic basin with Hessian eigenvalues h_i, the localized SGLD target at sample size
 n, inverse temperature β and localization γ is ½·Σ_i nβh_i/(nβh_i + γ) = ½·Σ_i h_i/(h_i + τ) with
 τ = γ/(nβ) — half the effective dimension at scale τ (MacKay 1992; Maddox, Benton & Wilson 2020,
 arXiv 2003.02139). An eigenvalue counts as "quadratic" only when h ≫ τ. Trained networks often show no
@@ -81,7 +81,7 @@ def _eigen_source(spectrum) -> tuple[str, Tensor | SpectralQuadrature, int]:
         if ev is None:
             raise ValueError(
                 "these LLCBounds carry no eigenvalues (matrix-free method): pass the EigenvalueCount or "
-                "SpectralQuadrature from estimators.count_eigenvalues instead"
+                "SpectralQuadrature from slt_interp.estimators.count_eigenvalues instead"
             )
         return "dense", ev.double().cpu(), int(spectrum.dim)
     if isinstance(spectrum, Tensor):
@@ -176,7 +176,7 @@ def rank_curve_vs_n(spectrum, sample_sizes, *, gamma: float = 1.0, nbeta=None) -
     """:func:`rank_curve` at τ(n) = γ/(nβ) for each n in ``sample_sizes`` (ascending n ⇒ descending τ).
 
     The curve's ``quadratic_llc`` is then the SGLD target ½·Σ nβh/(nβh + γ) of the quadratic
-    approximation at each n (THEORY.md §3).
+    approximation at each n (docs/theory.md §3).
     """
     n_t = torch.as_tensor(sample_sizes, dtype=torch.float64).reshape(-1)
     order = torch.argsort(n_t)

@@ -1,6 +1,6 @@
 """The SGLD kernel for the localized tempered posterior, as pure functions of tensors.
 
-Target (Lau, Furman, Wang, Murfet, Wei 2023, arXiv 2308.12108, §4; THEORY.md §1):
+Target (Lau, Furman, Wang, Murfet, Wei 2023, arXiv 2308.12108, §4; docs/theory.md §1):
 
     p(w) ∝ exp(−U(w)),   U(w) = nβ·L_n(w) + (γ/2)·‖w − w*‖².
 
@@ -18,7 +18,7 @@ q(w'|w) = N(w'; w − (ε/2)∇U(w), ε·I),
 
     α = min(1, exp(U(w) − U(w') + log q(w|w') − log q(w'|w))).
 
-SGLD never rejects; α ≳ 0.9 says the step size resolves the posterior (THEORY.md §1).
+SGLD never rejects; α ≳ 0.9 says the step size resolves the posterior (docs/theory.md §1).
 
 All functions act on a leading chain dimension: ``w`` of shape (C, d), scalars per chain (C,), and a
 step size that is a float or a (C,) tensor (one step size per chain, used by the calibration).

@@ -7,7 +7,7 @@ tr(f(A)) via stochastic Lanczos quadrature"). With f = 1[λ > τ] this counts th
 threshold — the numerical rank (Ubaru & Saad, ICML 2016, "Fast methods for estimating the numerical rank
 of large matrices").
 
-Accuracy near zero is decided by the number of Lanczos steps, not the number of probes (THEORY.md §3):
+Accuracy near zero is decided by the number of Lanczos steps, not the number of probes (docs/theory.md §3):
 :func:`count_eigenvalues` doubles the steps until the count stops moving, then reports the mean over
 probes with its standard error and a Student-t confidence interval. At m = d steps (or when the Krylov
 space of a probe becomes invariant, e.g. for a low-rank operator) the quadrature is exact and only the

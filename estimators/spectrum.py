@@ -1,7 +1,7 @@
 """The exact spectrum of a small curvature operator: dense matrix and symmetric eigendecomposition.
 
-Ground truth for the matrix-free tools (:mod:`estimators.lanczos`, :mod:`estimators.slq`) and the
-``method="dense"`` route of :func:`estimators.llc_bounds`. The d×d matrix is built from d operator
+Ground truth for the matrix-free tools (:mod:`slt_interp.estimators.lanczos`, :mod:`slt_interp.estimators.slq`) and the
+``method="dense"`` route of :func:`slt_interp.estimators.llc_bounds`. The d×d matrix is built from d operator
 products and symmetrised, ½(A + Aᵀ), before ``torch.linalg.eigh`` in float64.
 """
 from __future__ import annotations

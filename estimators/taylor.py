@@ -503,7 +503,7 @@ class TaylorMode:
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         if not isinstance(w, Tensor) or w.dim() != 1 or not w.is_floating_point():
-            raise ValueError("w must be a 1-D floating-point tensor (the flattened parameters; see estimators._flat.flatten)")
+            raise ValueError("w must be a 1-D floating-point tensor (the flattened parameters; see slt_interp.estimators._flat.flatten)")
         self.fn = fn
         self.w = w.detach()
         self.method = method

@@ -2,7 +2,7 @@
 
 sympy 1.14's ``lambdify(..., "torch")`` mistranslates Max/Min, Heaviside, gamma and expint, and a
 ``Piecewise`` whose unselected branch is singular gives NaN gradients through ``torch.where``
-(THEORY.md §4). This module walks the expression tree itself:
+(docs/theory.md §4). This module walks the expression tree itself:
 
 * numbers become Python floats (no tensor allocation, dtype follows the input);
 * ``x**2`` → ``x*x``, ``x**-1`` → ``1/x``, ``x**(1/2)`` → ``sqrt``, ``log(1 + x)`` → ``log1p(x)``;

@@ -5,7 +5,7 @@ finite n: it estimates
 
     T(n, γ) = E_p[nβ·K(w)],   p(w) ∝ exp(−nβ·K(w) − (γ/2)·‖w − w*‖²),   β = 1/log n,
 
-(THEORY.md §1; w* = 0 for the zoo potentials). T → λ as n → ∞ at fixed γ, and large γ drags T towards
+(docs/theory.md §1; w* = 0 for the zoo potentials). T → λ as n → ∞ at fixed γ, and large γ drags T towards
 0. For a potential of one or two variables T is a ratio of two integrals that a fine tensor grid
 computes to many digits: this is the exact oracle the sampler tests compare against.
 
@@ -14,7 +14,7 @@ singular locus at 0 (where the posterior mass of a singular K concentrates) whil
 Gaussian tail of the localization at radius R = 10/√γ (or the K-confined region when that is wider).
 The reported error is the change between the grid and a grid of half the resolution.
 
-Example (THEORY.md §1, K = ½w1²w2⁴, λ = 1/4):
+Example (docs/theory.md §1, K = ½w1²w2⁴, λ = 1/4):
     >>> from theory import finite_n_target, zoo
     >>> t = finite_n_target(zoo.normal_crossing_potential([1, 2]), 10_000, localization=1.0)
     >>> round(t.value, 3)
@@ -83,7 +83,7 @@ def _as_torch_fn(K: PotentialLike) -> tuple[Callable[[Tensor], Tensor], int | No
     if callable(K):
         return K, None
     raise TypeError(
-        f"K must be a theory.zoo.Potential, a sympy expression or a torch function of w (..., d); "
+        f"K must be a slt_interp.theory.zoo.Potential, a sympy expression or a torch function of w (..., d); "
         f"got {type(K).__name__}"
     )
 
@@ -130,14 +130,14 @@ def finite_n_target(
     grid_points: int = 801,
     radius: float | None = None,
 ) -> FiniteNTarget:
-    """E_p[nβ·K] with p(w) ∝ exp(−nβ·K(w) − (γ/2)‖w‖²), by quadrature (THEORY.md §1).
+    """E_p[nβ·K] with p(w) ∝ exp(−nβ·K(w) − (γ/2)‖w‖²), by quadrature (docs/theory.md §1).
 
     This is what the SGLD estimator λ̂ = nβ·(E_w[L_n(w)] − L_n(w*)) converges to for the population
     loss K at finite n (Lau et al. 2023, arXiv 2308.12108); β = 1/log n, so nβ = n/log n by default,
-    the same convention as :func:`estimators.estimate_llc`.
+    the same convention as :func:`slt_interp.estimators.estimate_llc`.
 
     Args:
-        K: a :class:`theory.zoo.Potential`, a sympy expression in 1 or 2 symbols (sorted by name), or
+        K: a :class:`slt_interp.theory.zoo.Potential`, a sympy expression in 1 or 2 symbols (sorted by name), or
             a torch function of ``w`` of shape (..., d) returning K of shape (...). K(0) = 0, K ≥ 0.
         num_samples: n (> 1).
         localization: γ ≥ 0. With γ = 0 the posterior must be normalisable by K alone.

@@ -5,7 +5,7 @@ exact zeros are a point mass whose weight π₀ is its maximum-likelihood estima
 zeros), so the likelihood is π₀ at 0 and (1 − π₀)·f(a) elsewhere, w.r.t. δ₀ + Lebesgue. Families are
 ranked by the mean held-out log-likelihood per sample, with its standard error and the paired standard
 error of the gap to the best family. The best family's penalty is derived symbolically (with the
-point mass, an L0 term: spike-and-slab, THEORY.md §4) and handed to torch.
+point mass, an L0 term: spike-and-slab, docs/theory.md §4) and handed to torch.
 
 Example:
     >>> import numpy as np

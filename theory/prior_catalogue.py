@@ -1,5 +1,5 @@
-"""A catalogue of standard sparsity priors and penalties (THEORY.md §4), each derived by
-:func:`~theory.priors.penalty_from_prior` or :func:`~theory.priors.prior_from_penalty`.
+"""A catalogue of standard sparsity priors and penalties (docs/theory.md §4), each derived by
+:func:`~slt_interp.theory.priors.penalty_from_prior` or :func:`~slt_interp.theory.priors.prior_from_penalty`.
 
 Independent (one-variable) entries: Laplace ↔ |a| (Tibshirani 1996), exponential on a ≥ 0 ↔ a
 (ReLU-L1 SAEs), Gaussian ↔ a², Cauchy ↔ log(1 + a²/s²), Student-t ↔ ((ν+1)/2)·log(1 + a²/(νs²)),

@@ -5,7 +5,7 @@ penalty is ρ(a) = −log p(a) up to an additive constant and a scale (Olshausen
 Tibshirani 1996 for L1 ↔ Laplace). A sum of per-latent penalties is exactly an independent prior; a
 penalty that is not a sum is a dependent one, and the sign of ∂²ρ/∂a_i∂a_j says how latents interact:
 < 0 co-activation (group lasso, Yuan & Lin 2006), > 0 competition (exclusive lasso, Zhou, Jin & Hoi
-2010; the product Π(1 + |a_i|)). See THEORY.md §4.
+2010; the product Π(1 + |a_i|)). See docs/theory.md §4.
 
 :func:`penalty_from_prior` takes a density, :func:`prior_from_penalty` a penalty (times an optional
 strength symbol s: p(a) ∝ exp(−s·ρ(a))); both return a :class:`PriorPenalty` with the penalty, the

@@ -81,7 +81,7 @@ def _symbols(d: int, offset: int = 0) -> tuple[sp.Symbol, ...]:
 
 
 def normal_crossing_potential(exponents: Sequence[int], coefficient: Fraction = Fraction(1, 2)) -> Potential:
-    """K(w) = c·Π_i w_i^(2k_i), λ from :func:`theory.normal_crossing`."""
+    """K(w) = c·Π_i w_i^(2k_i), λ from :func:`slt_interp.theory.normal_crossing`."""
     ks = [int(k) for k in exponents]
     llc = normal_crossing(ks)
     ws = _symbols(len(ks))
@@ -220,7 +220,7 @@ def _place_teacher(model: DeepLinearNetwork, rank: int, generator: torch.Generat
 def deep_linear_model(
     widths: Sequence[int], true_rank: int, *, seed: int = 0, noise_std: float = 0.0, dtype: torch.dtype = torch.float64
 ) -> KnownModel:
-    """A deep linear network at a rank-``true_rank`` truth; λ from :func:`theory.deep_linear_network`
+    """A deep linear network at a rank-``true_rank`` truth; λ from :func:`slt_interp.theory.deep_linear_network`
     (Aoyagi 2024), or from the reduced-rank formula for one hidden layer."""
     widths = [int(w) for w in widths]
     if len(widths) < 3:

@@ -3,7 +3,7 @@
 Measures, side by side in one run: one forward pass (the reference), building the component expansion,
 evaluating every term, certifying every term (worst-case bounds), and evaluating single paths of the lazy
 full-path expansion; reports the costs relative to one forward pass. There is no packaged peer that
-expands linear-attention + bilinear transformers (THEORY.md §5), so the forward pass is the yardstick.
+expands linear-attention + bilinear transformers (docs/theory.md §5), so the forward pass is the yardstick.
 
     python -m experiments.benchmarks.expansion [--device cuda] [--repeats 5] [--threads 1]
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bilinear import BilinearConfig, BilinearTransformer, expand, term_bounds
+from slt_interp.bilinear import BilinearConfig, BilinearTransformer, expand, term_bounds
 from experiments.benchmarks._machine import load_note, run_times
 
 RESULTS = Path(__file__).parent / "results" / "expansion.md"

@@ -2,7 +2,7 @@
 
 On one MLP (64 → 512 → 256 → 10, tanh, 167k parameters, MSE on a batch of 256), side by side in one run:
 one gradient (the yardstick, ``torch.func.grad`` of the same flat loss), our HVP
-(:class:`estimators.HessianOperator`, jvp of grad; and the reverse-over-reverse fallback), our HVP on
+(:class:`slt_interp.estimators.HessianOperator`, jvp of grad; and the reverse-over-reverse fallback), our HVP on
 a block of 16 vectors (vmapped, per vector), our Gauss–Newton product, and curvlinops'
 ``HessianLinearOperator`` (Dangel et al., curvlinops 3) on the same model, loss and data. The products
 are checked to agree before timing. Targets (issue 3): HVP ≤ 3 gradients on CPU, no slower than curvlinops.
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import grad
 
-from estimators import GaussNewtonOperator, HessianOperator, behavioral_loss, training_loss
+from slt_interp.estimators import GaussNewtonOperator, HessianOperator, behavioral_loss, training_loss
 from experiments.benchmarks._machine import load_note, median_time
 
 RESULTS = Path(__file__).parent / "results" / "hvp.md"

@@ -19,8 +19,8 @@ from pathlib import Path
 import sympy as sp
 import torch
 
-from theory import prior_from_penalty
-from theory.prior_catalogue import exclusive_lasso, group_lasso, log_penalty, product_penalty, spike_and_slab
+from slt_interp.theory import prior_from_penalty
+from slt_interp.theory.prior_catalogue import exclusive_lasso, group_lasso, log_penalty, product_penalty, spike_and_slab
 from experiments.benchmarks._machine import load_note
 
 RESULTS = Path(__file__).parent / "results" / "penalties.md"

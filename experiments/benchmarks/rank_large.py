@@ -3,8 +3,8 @@
 An MLP input → h → h → 10 (tanh), h chosen so that the parameter count is ≈ ``--params``, in float32,
 at random weights w*. The loss is the behavioral loss on n inputs (w* is its minimum at any point, and
 its Hessian there is the Gauss–Newton matrix, rank ≤ n·10). Steps: the largest eigenvalue by Lanczos
-(:func:`estimators.lanczos`), then the count of eigenvalues above τ = rtol·λ_max by stochastic Lanczos
-quadrature with growing steps (:func:`estimators.count_eigenvalues`). Reported: wall time, HVPs, the
+(:func:`slt_interp.estimators.lanczos`), then the count of eigenvalues above τ = rtol·λ_max by stochastic Lanczos
+quadrature with growing steps (:func:`slt_interp.estimators.count_eigenvalues`). Reported: wall time, HVPs, the
 count with its standard error, and the lower bound rank/2 on the behavioral LLC.
 
     python -m experiments.benchmarks.rank_large [--params 1000000] [--device cpu] [--num-data 128]
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from estimators import HessianOperator, behavioral_loss, count_eigenvalues, lanczos
+from slt_interp.estimators import HessianOperator, behavioral_loss, count_eigenvalues, lanczos
 from experiments.benchmarks._machine import load_note
 
 RESULTS = Path(__file__).parent / "results" / "rank_large.md"

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from estimators import estimate_llc
+from slt_interp.estimators import estimate_llc
 from experiments.devinterp_side import devinterp_llc
 from experiments.benchmarks._machine import load_note
 

@@ -4,7 +4,7 @@ Part 1, on one MLP (64 → 512 → 256 → 10, tanh, 167k parameters, MSE on a b
 in one run: one forward pass, one gradient (the yardstick), an HVP (jvp of grad), T₃[·, v, v]
 (reverse over Taylor), T₄[v⁴] by our Taylor mode, T₄[v⁴] by four nested ``torch.func.jvp`` (the
 naive peer) and by nested jvp on the scalar line t ↦ f(w + t·v), and T₄ for 16 directions at once
-(vmap). Part 2: the cost of the whole order-4 analysis (:func:`estimators.analyze_quartic`) as a
+(vmap). Part 2: the cost of the whole order-4 analysis (:func:`slt_interp.estimators.analyze_quartic`) as a
 function of the null-space dimension k, on a rotated potential with known λ = r/2 + k/4.
 
     python -m experiments.benchmarks.taylor [--device cuda] [--repeats 5] [--threads 1]
@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from estimators import TaylorMode, analyze_quartic
-from estimators._flat import flatten
-from estimators.taylor import nested_directional_derivative
+from slt_interp.estimators import TaylorMode, analyze_quartic
+from slt_interp.estimators._flat import flatten
+from slt_interp.estimators.taylor import nested_directional_derivative
 from experiments.benchmarks._machine import load_note, median_time
 
 RESULTS = Path(__file__).parent / "results" / "taylor.md"

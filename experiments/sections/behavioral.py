@@ -7,7 +7,7 @@ import warnings
 import matplotlib.pyplot as plt
 import torch
 
-from estimators import behavioral_loss, calibrate_step_size, estimate_behavioral_llc, estimate_llc, llc_bounds, training_loss
+from slt_interp.estimators import behavioral_loss, calibrate_step_size, estimate_behavioral_llc, estimate_llc, llc_bounds, training_loss
 from experiments.trained import mlp_regression, toy_superposition
 
 TITLE = "Behavioral LLC vs LLC along training"
@@ -59,8 +59,8 @@ def _study(ctx, trained, lines, *, draws, localization=1.0):
         "",
         f"4 chains × {draws} draws (burn-in {draws // 2}) per estimate, γ = {localization}, nβ = n/log n = {nbeta:.1f}, "
         f"one step size ε = {eps:.2g} for all checkpoints (calibrated at the final checkpoint: {cal.rule}). "
-        "Bounds: the Hessian-rank bounds r/2 ≤ λ ≤ d/2 of `estimators.llc_bounds` with the rank threshold "
-        "τ = 10γ/(nβ) (a direction with curvature h adds ½·nβh/(nβh + γ) to the finite-n target, THEORY.md §3, so only h ≫ γ/(nβ) counts fully); "
+        "Bounds: the Hessian-rank bounds r/2 ≤ λ ≤ d/2 of `slt_interp.estimators.llc_bounds` with the rank threshold "
+        "τ = 10γ/(nβ) (a direction with curvature h adds ½·nβh/(nβh + γ) to the finite-n target, docs/theory.md §3, so only h ≫ γ/(nβ) counts fully); "
         "they assume a minimum, which the training loss is not at early checkpoints.",
         "",
         "| step | training loss | LLC | behavioral LLC | ratio B/LLC | bounds (training) | bounds (behavioral) | MALA (LLC, B) |",
@@ -95,7 +95,7 @@ def run(ctx) -> str:
     try:
         lines = [
             "Question: how does the behavioral LLC (the LLC of L_B(w) = (1/n)Σ‖f(x; w) − f(x; w*)‖², Bushnaq et al. "
-            "2024, arXiv 2405.10927) relate to the LLC of the training loss in practice? Theory (THEORY.md §1): "
+            "2024, arXiv 2405.10927) relate to the LLC of the training loss in practice? Theory (docs/theory.md §1): "
             "for an interpolating MSE model L − L* ≤ L_B so λ ≤ λ_B; otherwise the relation is heuristic. "
             "L_B has its minimum at w* at every checkpoint, the training loss only at convergence.",
             "",

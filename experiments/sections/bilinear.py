@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from bilinear import (
+from slt_interp.bilinear import (
     BilinearConfig,
     BilinearTransformer,
     FactoredBilinear,
@@ -126,7 +126,7 @@ def _run(ctx) -> str:
         f"held-out sequences the sum of terms matches the forward pass in float64 with max relative error "
         f"{rel:.1e} (evaluating all terms took {t_eval:.2f} s). The full path expansion of the same model has "
         f"{paths.num_paths:,} monomials (degrees {min(by_degree)}–{max(by_degree)}), counted by generating "
-        f"functions without listing them; with one head it would be 8,645 (THEORY.md §5). A monomial "
+        f"functions without listing them; with one head it would be 8,645 (docs/theory.md §5). A monomial "
         f"decoded from its index alone: `{paths.name(paths.num_paths // 2)[:90]}…`.",
     ]
 

@@ -11,7 +11,7 @@ import sympy as sp
 import torch
 from scipy.optimize import curve_fit
 
-from theory import (
+from slt_interp.theory import (
     DegenerateError,
     deep_linear_network,
     newton_polyhedron,
@@ -244,7 +244,7 @@ def run(ctx) -> str:
         except DegenerateError:
             rows.append([name, "1/2 (substitute u = w1 − w2²)", "3/4 would be wrong", "refused: DegenerateError", "yes"])
     out.append(
-        "### Potentials (the zoo, and examples of THEORY.md)\n\n"
+        "### Potentials (the zoo, and examples of docs/theory.md)\n\n"
         "The zoo's λ comes from the normal-crossing formula and the sum rule; `newton_polyhedron` recomputes it "
         "from the exponents alone (exact facet enumeration, non-degeneracy certified on every compact face).\n\n"
         + _table(["K", "zoo λ", "Newton distance t*", "1/t* (m)", "agree"], rows)

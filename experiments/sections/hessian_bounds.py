@@ -7,7 +7,7 @@ import warnings
 import matplotlib.pyplot as plt
 import torch
 
-from estimators import (
+from slt_interp.estimators import (
     GaussNewtonOperator,
     NotAMinimumWarning,
     behavioral_loss,
@@ -20,7 +20,7 @@ from estimators import (
     training_loss,
 )
 from experiments.trained import mlp_regression
-from theory import zoo
+from slt_interp.theory import zoo
 
 TITLE = "Hessian-rank bounds on the LLC (issue 3)"
 ORDER = 20
@@ -70,7 +70,7 @@ def _run(ctx) -> str:
     spectra: dict = {}
     table = _zoo_table(ctx, oks, spectra)
     out.append(
-        "Order-2 bounds r/2 ≤ λ ≤ d/2 (splitting lemma, THEORY.md §3) from the dense float64 Hessian of the "
+        "Order-2 bounds r/2 ≤ λ ≤ d/2 (splitting lemma, docs/theory.md §3) from the dense float64 Hessian of the "
         "empirical loss (n = 200 noise-free samples) at the true parameter, default threshold "
         "τ = d·ε·max|λ|. Exact λ from Aoyagi & Watanabe 2005 / Aoyagi 2024 and the normal-crossing formula.\n"
     )
@@ -141,7 +141,7 @@ def _run(ctx) -> str:
                     title="behavioral loss: bounds vs n, τ = γ/(nβ), γ = 1, β = 1/log n")
     out.append(f"![Bounds as a function of the threshold and of n]({ctx.savefig(fig, 'bounds_vs_threshold')})\n")
     out.append(
-        "Finite-data view (THEORY.md §3): an eigenvalue h counts as quadratic only when nβh ≫ γ. The step curve is the "
+        "Finite-data view (docs/theory.md §3): an eigenvalue h counts as quadratic only when nβh ≫ γ. The step curve is the "
         "lower bound rank(τ)/2; the green curve is ½·Σ h/(h + τ), the localized SGLD target if the loss were exactly "
         "quadratic. A spectral gap shows as a plateau of the step curve; without one the 'rank' depends on τ, i.e. on n.\n"
     )

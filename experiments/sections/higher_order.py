@@ -2,8 +2,8 @@
 
 For each model: the dense Hessian at w* (float64), its numerical rank r at a relative threshold, the
 order-2 bounds r/2 ≤ λ ≤ d/2, the order-4 bounds from the Schur-corrected quartic g₄ on the null
-space (:func:`estimators.sharpen_bounds`), the exact λ where a theorem gives it, and an SGLD estimate
-(:func:`estimators.estimate_llc`) when that estimator is importable.
+space (:func:`slt_interp.estimators.sharpen_bounds`), the exact λ where a theorem gives it, and an SGLD estimate
+(:func:`slt_interp.estimators.estimate_llc`) when that estimator is importable.
 """
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ ORDER = 30
 
 
 def _problem(model, loss_fn, x, y):
-    from estimators._flat import flatten
+    from slt_interp.estimators._flat import flatten
 
     params = {k: v.detach() for k, v in model.named_parameters()}
     return flatten(lambda ps: loss_fn(functional_call(model, ps, (x,)), y), params)
 
 
 def _bounds(problem, rel_threshold: float, seed: int, quick: bool = False):
-    from estimators import analyze_quartic, bounds_from_quartic
-    from estimators.llc_bounds import LLCBounds
+    from slt_interp.estimators import analyze_quartic, bounds_from_quartic
+    from slt_interp.estimators.llc_bounds import LLCBounds
 
     H = torch.func.hessian(problem.fn)(problem.w0)
     ev, U = torch.linalg.eigh(H)
@@ -44,7 +44,7 @@ def _bounds(problem, rel_threshold: float, seed: int, quick: bool = False):
 
 
 def _sgld(model, loss_fn, x, y, quick: bool, seed: int):
-    from estimators import estimate_llc
+    from slt_interp.estimators import estimate_llc
 
     if quick:
         return None, "skipped (--quick)"
@@ -61,7 +61,7 @@ def _fmt(lo: Fraction, hi: Fraction, exact: bool) -> str:
 
 def run(ctx) -> str:
     from experiments.trained import mlp_regression, toy_superposition
-    from theory import zoo
+    from slt_interp.theory import zoo
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: thread start-up costs more than it saves (and the machine is shared)
@@ -85,8 +85,8 @@ def _run(ctx, zoo, toy_superposition, mlp_regression) -> str:
     entries.append((tms.name, tms.model, tms.loss_fn, tms.inputs, tms.targets, None, 1e-6))
     mlp = mlp_regression(hidden=4 if ctx.quick else 8, steps=steps, seed=ctx.seed)
     entries.append((mlp.name, mlp.model, mlp.loss_fn, mlp.inputs, mlp.targets, None, 1e-6))
-    # behavioral loss L_B(w) = mean ‖f(x; w) − f(x; w*)‖²: w* is a minimum by construction (THEORY.md §1)
-    from estimators import behavioral_mse
+    # behavioral loss L_B(w) = mean ‖f(x; w) − f(x; w*)‖²: w* is a minimum by construction (docs/theory.md §1)
+    from slt_interp.estimators import behavioral_mse
 
     for tm in ([mlp] if ctx.quick else [tms, mlp]):
         with torch.no_grad():
@@ -112,7 +112,7 @@ def _run(ctx, zoo, toy_superposition, mlp_regression) -> str:
         "For every model the Hessian at w* is computed densely in float64; eigenvalues above "
         "τ = 1e-8·λ_max (zoo models with exact zeros, and behavioral losses) or 1e-6·λ_max (training losses of "
         "trained models) count towards the rank r. "
-        "Order 2: r/2 ≤ λ ≤ d/2. Order 4 (THEORY.md §3): the Schur-corrected quartic "
+        "Order 2: r/2 ≤ λ ≤ d/2. Order 4 (docs/theory.md §3): the Schur-corrected quartic "
         "g₄(v) = T₄[v⁴]/24 − b(v)ᵀH⁺b(v)/8 on the null space is classified; positive definite gives "
         "λ = r/2 + k/4 exactly, g₄ ≢ 0 gives [r/2 + 1/4, r/2 + k/4], g₄ ≡ 0 gives [r/2, r/2 + k/6]. The "
         "bounds shown are the certified ones; what rests only on sampling is marked *observed* (the "
@@ -129,14 +129,14 @@ def _run(ctx, zoo, toy_superposition, mlp_regression) -> str:
     lines.append(
         f"Every exact λ lies inside its order-4 bounds: **{all(contained)}** "
         f"({sum(t is not None for *_, t, _ in plot)} models with a known λ). "
-        "The SGLD column estimates the finite-n target E[nβK], not λ itself (THEORY.md §1). For the trained "
+        "The SGLD column estimates the finite-n target E[nβK], not λ itself (docs/theory.md §1). For the trained "
         "models the bounds describe the n → ∞ limit at the chosen threshold: Hessian directions with "
-        "nβ·h ≲ γ behave as degenerate at the sampled n (THEORY.md §3, finite data), so SGLD can sit below r/2; "
+        "nβ·h ≲ γ behave as degenerate at the sampled n (docs/theory.md §3, finite data), so SGLD can sit below r/2; "
         "and the toy model of superposition uses ReLU, whose loss is not analytic, so the Taylor bounds are only "
         "a guide there. With the behavioral loss, w* is a minimum by construction (its Hessian is the "
         "Gauss–Newton matrix and the cubic vanishes on its null space), so the order-4 analysis applies to the "
         "trained networks too; it bounds the behavioral LLC, an upper bound of the training-loss LLC for an "
-        "interpolating model (THEORY.md §1)."
+        "interpolating model (docs/theory.md §1)."
     )
 
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(plot) + 1.2))

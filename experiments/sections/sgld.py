@@ -7,8 +7,8 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from estimators import estimate_llc, estimate_potential_llc
-from theory import finite_n_target, zoo
+from slt_interp.estimators import estimate_llc, estimate_potential_llc
+from slt_interp.theory import finite_n_target, zoo
 
 TITLE = "SGLD estimates of the LLC: oracles, known λ, step-size robustness"
 ORDER = 40
@@ -22,8 +22,8 @@ def _potentials(ctx, lines):
     lines += [
         "### Zoo potentials against the exact finite-n target",
         "",
-        f"The estimator's target at finite n is E_p[nβK] (THEORY.md §1), computed here by quadrature "
-        f"(`theory.finite_n_target`). n = {n} (nβ = n/log n = {n / math.log(n):.1f}), γ = {gamma}, ε = {eps}, "
+        f"The estimator's target at finite n is E_p[nβK] (docs/theory.md §1), computed here by quadrature "
+        f"(`slt_interp.theory.finite_n_target`). n = {n} (nβ = n/log n = {n / math.log(n):.1f}), γ = {gamma}, ε = {eps}, "
         f"8 chains × {draws} draws after {draws // 5} burn-in. z = (estimate − target)/SE.",
         "",
         "| K | λ (n → ∞) | finite-n target | SGLD estimate | z | ESS | R̂ |",

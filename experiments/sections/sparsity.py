@@ -2,7 +2,7 @@
 
 Synthetic activations x = D·a with a known unit-norm dictionary D (d × F) and sparse codes a ≥ 0 drawn
 from a known prior; SAEs trained with L1, with the penalty derived from the true prior
-(``theory.penalty_from_prior``), with the penalty derived by ``theory.fit_prior`` on code samples, and
+(``slt_interp.theory.penalty_from_prior``), with the penalty derived by ``slt_interp.theory.fit_prior`` on code samples, and
 with TopK; the penalty strength is bisected to a matched L0 (the true mean L0). Scores: mean max cosine
 similarity (MMCS) of true atoms to decoder directions, relative reconstruction bias γ (Wright & Sharkey
 2024; γ > 1 means shrinkage), dead latents, FVU.
@@ -18,7 +18,7 @@ import sympy as sp
 import torch
 
 from experiments.sae import tune_to_l0, train_sae
-from theory import fit_prior, penalty_from_prior, prior_from_penalty
+from slt_interp.theory import fit_prior, penalty_from_prior, prior_from_penalty
 
 TITLE = "Sparsity penalties derived from priors: SAE recovery at matched L0"
 ORDER = 60

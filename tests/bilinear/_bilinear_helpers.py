@@ -4,7 +4,7 @@ import itertools
 
 import torch
 
-from bilinear import BilinearConfig, BilinearTransformer
+from slt_interp.bilinear import BilinearConfig, BilinearTransformer
 
 
 def random_model(device, seed=0, **kw) -> BilinearTransformer:

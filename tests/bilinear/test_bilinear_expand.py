@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bilinear import (
+from slt_interp.bilinear import (
     BilinearConfig,
     BilinearTransformer,
     ComponentExpansion,
@@ -196,7 +196,7 @@ def test_refuses_non_polynomial_models():
         expand(_WithLayerNorm(cfg))
     with pytest.raises(NotExpandableError, match="overrides forward"):
         expand(_SoftmaxForward(cfg), "path")
-    with pytest.raises(NotExpandableError, match="needs a bilinear.BilinearTransformer"):
+    with pytest.raises(NotExpandableError, match="needs a slt_interp.bilinear.BilinearTransformer"):
         expand(nn.TransformerEncoderLayer(8, 2))
     model = BilinearTransformer(cfg)
     model.blocks[0].add_module("act", nn.Softmax(-1))

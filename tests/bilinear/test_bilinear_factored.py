@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bilinear import FactoredBilinear, FactoredMatrix, FactoredSymmetric, HeadFactors, expand
+from slt_interp.bilinear import FactoredBilinear, FactoredMatrix, FactoredSymmetric, HeadFactors, expand
 from tests.bilinear._bilinear_helpers import random_model, random_tokens, rel_err
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bilinear import BilinearConfig, BilinearMLP, BilinearTransformer, LinearAttention, load_model, save_model
+from slt_interp.bilinear import BilinearConfig, BilinearMLP, BilinearTransformer, LinearAttention, load_model, save_model
 from tests.bilinear._bilinear_helpers import random_model, random_tokens, rel_err
 
 
@@ -72,7 +72,7 @@ def test_save_load_roundtrip(tmp_path):
     assert loaded.config == model.config
     assert torch.equal(loaded(tokens), model(tokens))
     torch.save({"weights": 1}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a file written by bilinear.save_model"):
+    with pytest.raises(ValueError, match="not a file written by slt_interp.bilinear.save_model"):
         load_model(tmp_path / "other.pt")
     with pytest.raises(TypeError, match="BilinearTransformer"):
         save_model(nn.Linear(2, 2), tmp_path / "x.pt")

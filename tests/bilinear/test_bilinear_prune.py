@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bilinear import exhaustive_worst_case, expand, prune, term_bounds
+from slt_interp.bilinear import exhaustive_worst_case, expand, prune, term_bounds
 from tests.bilinear._bilinear_helpers import all_sequences, random_model
 
 TINY = [  # exhaustive: every sequence over a 3-token vocabulary and context 3 (27 sequences)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bilinear import BilinearConfig, BilinearTransformer, accuracy, modular_addition, repeated_tokens, train
+from slt_interp.bilinear import BilinearConfig, BilinearTransformer, accuracy, modular_addition, repeated_tokens, train
 
 
 def test_modular_addition_data():

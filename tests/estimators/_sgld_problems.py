@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from estimators import estimate_llc
+from slt_interp.estimators import estimate_llc
 
 
 def mse(prediction, target):

@@ -5,14 +5,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
-from estimators import (
+from slt_interp.estimators import (
     CurvatureOperator,
     GaussNewtonOperator,
     HessianOperator,
     behavioral_loss,
     training_loss,
 )
-from estimators._flat import flatten
+from slt_interp.estimators._flat import flatten
 
 
 def _mse(p, t):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from estimators import behavioral_kl, behavioral_mse
-from estimators._flat import flatten
+from slt_interp.estimators import behavioral_kl, behavioral_mse
+from slt_interp.estimators._flat import flatten
 
 
 def test_flatten_dict_roundtrip_and_value():

@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from estimators import (  # noqa: E402
+from slt_interp.estimators import (  # noqa: E402
     LLCBounds,
     NotAMinimumError,
     NotAMinimumWarning,
@@ -23,7 +23,7 @@ from estimators import (  # noqa: E402
     threshold_for_sample_size,
     training_loss,
 )
-from theory import zoo  # noqa: E402
+from slt_interp.theory import zoo  # noqa: E402
 
 
 def _mse(p, t):
@@ -165,7 +165,7 @@ def test_rank_curve_from_slq_matches_dense():
     h = torch.cat([torch.zeros(40, dtype=torch.float64), torch.rand(60, generator=g, dtype=torch.float64) + 0.5])
     U, _ = torch.linalg.qr(torch.randn(100, 100, generator=g, dtype=torch.float64))
     A = (U * h) @ U.T
-    from estimators import HessianOperator
+    from slt_interp.estimators import HessianOperator
 
     op = HessianOperator(lambda w: 0.5 * w @ (A @ w), torch.zeros(100, dtype=torch.float64))
     count = count_eigenvalues(op, 0.1, num_probes=16, generator=torch.Generator().manual_seed(1))

@@ -1,4 +1,4 @@
-"""Order-4 LLC bounds (THEORY.md §3): the Schur-corrected quartic on the Hessian null space."""
+"""Order-4 LLC bounds (docs/theory.md §3): the Schur-corrected quartic on the Hessian null space."""
 from fractions import Fraction
 
 import pytest
@@ -6,14 +6,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from estimators import analyze_quartic, sharpen_bounds
-from estimators._flat import flatten
-from estimators.llc_bounds import LLCBounds
-from theory import zoo
+from slt_interp.estimators import analyze_quartic, sharpen_bounds
+from slt_interp.estimators._flat import flatten
+from slt_interp.estimators.llc_bounds import LLCBounds
+from slt_interp.theory import zoo
 
 
 def _dense_base(problem, rel_threshold: float = 1e-9):
-    """Order-2 bounds from a dense float64 Hessian (the contract of estimators.llc_bounds, order 2)."""
+    """Order-2 bounds from a dense float64 Hessian (the contract of slt_interp.estimators.llc_bounds, order 2)."""
     H = torch.func.hessian(problem.fn)(problem.w0)
     ev, U = torch.linalg.eigh(H)
     threshold = rel_threshold * max(float(ev.abs().max()), 1.0)
@@ -29,7 +29,7 @@ def _order4(fn, d, device=torch.device("cpu"), **options):
     return sharpen_bounds(base, p, eigenvalues=ev, eigenvectors=U, generator=torch.Generator().manual_seed(0), **options)
 
 
-# ------------------------------------------------------------------ THEORY.md §3 checks
+# ------------------------------------------------------------------ docs/theory.md §3 checks
 def test_w1sq_plus_w2quartic_is_exactly_three_quarters(device):
     b = _order4(lambda w: w[0] ** 2 + w[1] ** 4, 2, device)
     assert (b.rank, b.nullity, b.order, b.quartic) == (1, 1, 4, "positive definite")
@@ -163,9 +163,9 @@ def test_invalid_input_raises():
 def test_through_llc_bounds_when_available():
     import importlib
 
-    llc_bounds = getattr(importlib.import_module("estimators.llc_bounds"), "llc_bounds", None)
+    llc_bounds = getattr(importlib.import_module("slt_interp.estimators.llc_bounds"), "llc_bounds", None)
     if llc_bounds is None:
-        pytest.skip("estimators.llc_bounds.llc_bounds (issue 3) not written yet")
+        pytest.skip("slt_interp.estimators.llc_bounds.llc_bounds (issue 3) not written yet")
     b = llc_bounds(lambda w: w[0] ** 2 + w[1] ** 4, torch.zeros(2, dtype=torch.float64), order=4)
     assert b.exact and b.lower == Fraction(3, 4) and b.order == 4
     # true λ = 1/2 + 1/2 + 1/4 + 1/2 + 1 = 11/4; g₄ = w4⁴ + (w5w6)² on the null space (w2, w4, w5, w6)
@@ -191,7 +191,7 @@ def test_non_smooth_loss_raises():
 def test_positivity_certificates_on_known_quartics():
     import numpy as np
 
-    from estimators.higher_order import _certify_positive, _certify_sos, _exponents
+    from slt_interp.estimators.higher_order import _certify_positive, _certify_sos, _exponents
 
     E = np.array(_exponents(3))
     # Σ x_i⁴ + x1²x2²: minimum on the sphere 3/7 (at x1² = x2² = 2/7, x3² = 3/7)

@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import grad
 from torch.utils.data import DataLoader, TensorDataset
 
-from estimators import (
+from slt_interp.estimators import (
     LLCEstimate,
     SGLDDivergenceError,
     calibrate_step_size,
@@ -16,9 +16,9 @@ from estimators import (
     estimate_llc,
     estimate_potential_llc,
 )
-from estimators._chains import model_problem, run_chains
+from slt_interp.estimators._chains import model_problem, run_chains
 from tests.estimators._sgld_problems import linear_problem as _linear_problem, mse as _mse, resume_runs
-from theory import finite_n_target, zoo
+from slt_interp.theory import finite_n_target, zoo
 
 
 
@@ -92,7 +92,7 @@ def test_calibrated_default_within_ten_percent_of_reduced_rank_lambda():
 
 def test_behavioral_llc_upper_bounds_llc_on_interpolating_model():
     # the training loss sees only output 0 of a zero-noise (interpolating) regression, the behavioral
-    # loss all outputs: L − L* ≤ L_B, so λ ≤ λ_B (THEORY.md §1)
+    # loss all outputs: L − L* ≤ L_B, so λ ≤ λ_B (docs/theory.md §1)
     m = zoo.reduced_rank_model(3, 2, 3, 2)
     x, y = m.sample(400, seed=1)
     loss0 = lambda p, t: ((p[:, :1] - t[:, :1]) ** 2).sum(-1).mean()  # noqa: E731

@@ -2,16 +2,16 @@
 
 Oracles: the exact Gaussian posterior mean E[nβK] = ½Σ nβh/(nβh + γ) for a quadratic loss (linear
 regression), the exact unadjusted-Langevin (SGLD, full batch) stationary value for the same quadratic,
-and ``theory.finite_n_target`` (quadrature) for a zoo potential. At the large step sizes used here
+and ``slt_interp.theory.finite_n_target`` (quadrature) for a zoo potential. At the large step sizes used here
 SGLD is many standard errors off and MALA is within 3 SE."""
 import math
 
 import pytest
 import torch
 
-from estimators import effective_sample_size, estimate_llc, estimate_potential_llc, geweke_z
+from slt_interp.estimators import effective_sample_size, estimate_llc, estimate_potential_llc, geweke_z
 from tests.estimators._sgld_problems import linear_problem as _linear_problem, mse as _mse, resume_runs
-from theory import finite_n_target, zoo
+from slt_interp.theory import finite_n_target, zoo
 
 
 
@@ -133,7 +133,7 @@ def test_mala_rejects_non_finite_proposals_and_error_paths():
 
 
 def test_mala_with_calibrated_step_size_and_behavioral_llc():
-    from estimators import estimate_behavioral_llc
+    from slt_interp.estimators import estimate_behavioral_llc
 
     model, x, y = _linear_problem("cpu", n=64)
     est = estimate_llc(model, _mse, (x, y), sampler="mala", num_chains=2, num_draws=40, seed=0)

@@ -6,8 +6,8 @@ import torch
 from scipy.signal import lfilter
 from torch.func import grad
 
-from estimators.diagnostics import effective_sample_size, mean_std_err, split_rhat
-from estimators.sgld import localized_potential, mala_acceptance, sgld_step
+from slt_interp.estimators.diagnostics import effective_sample_size, mean_std_err, split_rhat
+from slt_interp.estimators.sgld import localized_potential, mala_acceptance, sgld_step
 
 
 def test_zero_noise_is_gradient_descent_on_localized_loss(device):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from estimators import (
+from slt_interp.estimators import (
     GaussNewtonOperator,
     HessianOperator,
     behavioral_loss,

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian, jacfwd
 
-from estimators import TaylorMode, directional_derivatives, fourth_derivative, third_derivative_vector
-from estimators._flat import flatten
-from estimators.taylor import UnsupportedOperation, nested_directional_derivative
+from slt_interp.estimators import TaylorMode, directional_derivatives, fourth_derivative, third_derivative_vector
+from slt_interp.estimators._flat import flatten
+from slt_interp.estimators.taylor import UnsupportedOperation, nested_directional_derivative
 
 
 def _mlp_problem(act: nn.Module, device, seed: int = 0, log_softmax: bool = True):

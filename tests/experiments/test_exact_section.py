@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from theory import zoo
+from slt_interp.theory import zoo
 
 exact = importlib.import_module("experiments.sections.exact")
 

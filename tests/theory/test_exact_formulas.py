@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory import LearningCoefficient, deep_linear_network, normal_crossing, reduced_rank_regression
+from slt_interp.theory import LearningCoefficient, deep_linear_network, normal_crossing, reduced_rank_regression
 
 
 def lm(c: LearningCoefficient) -> tuple[Fraction, int]:
@@ -44,7 +44,7 @@ def test_deep_linear_published_example():
 
 
 def test_deep_linear_agrees_with_reduced_rank_for_one_hidden_layer():
-    """THEORY.md §2: for L = 2 the two formulas agree on every case with all dimensions ≤ 8."""
+    """docs/theory.md §2: for L = 2 the two formulas agree on every case with all dimensions ≤ 8."""
     count = 0
     for M in range(1, 9):
         for H in range(1, 9):

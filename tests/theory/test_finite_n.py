@@ -1,11 +1,11 @@
-"""finite_n_target against THEORY.md §1's reference values and closed forms."""
+"""finite_n_target against docs/theory.md §1's reference values and closed forms."""
 import math
 
 import pytest
 import sympy as sp
 import torch
 
-from theory import finite_n_target, zoo
+from slt_interp.theory import finite_n_target, zoo
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ def test_large_localization_drags_to_zero():
 
 
 def test_quadratic_closed_form():
-    # K = ½w²: posterior Gaussian with precision nβ + γ, so E[nβK] = ½·nβ/(nβ + γ) (THEORY.md §3)
+    # K = ½w²: posterior Gaussian with precision nβ + γ, so E[nβK] = ½·nβ/(nβ + γ) (docs/theory.md §3)
     n, gamma = 50.0, 3.0
     nb = n / math.log(n)
     t = finite_n_target(zoo.POTENTIALS["½w1²"](), n, localization=gamma)

@@ -4,7 +4,7 @@ import pytest
 import sympy as sp
 import torch
 
-from theory import fit_prior
+from slt_interp.theory import fit_prior
 
 
 def test_recovers_cauchy_among_non_nested_families():

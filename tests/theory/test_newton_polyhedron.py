@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
-from theory import DegenerateError, LearningCoefficient, NewtonPolyhedronResult, newton_polyhedron, normal_crossing
+from slt_interp.theory import DegenerateError, LearningCoefficient, NewtonPolyhedronResult, newton_polyhedron, normal_crossing
 
 W = sp.symbols("w1:13", real=True)
 w1, w2, w3 = W[:3]
@@ -24,7 +24,7 @@ def lm(c: LearningCoefficient) -> tuple[Fraction, int]:
 @pytest.mark.parametrize(
     "K, nvars, value, mult",
     [
-        (w1**2 + w2**4, 2, Fraction(3, 4), 1),  # THEORY.md §2
+        (w1**2 + w2**4, 2, Fraction(3, 4), 1),  # docs/theory.md §2
         ((w1 * w2) ** 2, 2, Fraction(1, 2), 2),
         ((w1**2 + w2**2) ** 2, 2, Fraction(1, 2), 1),
         (w1**2 + w2**2 + w3**2, 3, Fraction(3, 2), 1),  # regular: d/2
@@ -52,7 +52,7 @@ def test_result_details():
 @pytest.mark.parametrize(
     "K, match",
     [
-        ((w1 - w2**2) ** 2, "degenerate"),  # THEORY.md: the polyhedron would say 3/4, truth 1/2
+        ((w1 - w2**2) ** 2, "degenerate"),  # docs/theory.md: the polyhedron would say 3/4, truth 1/2
         ((w1 - w2) ** 2, "degenerate"),
         ((w1**2 - w2**3) ** 2, "degenerate"),
         # Motzkin's polynomial: ≥ 0, zero at |w1| = |w2| = |w3|: found by root isolation on a 2-dim face
@@ -100,7 +100,7 @@ def test_invalid_input(K, variables, match):
 def test_sign_change_on_an_edge_is_found_exactly(monkeypatch):
     """Without the numerical search for negative values, the exact root count on one-dimensional
     faces still finds the sign change (a real zero of odd multiplicity)."""
-    module = importlib.import_module("theory.newton_polyhedron")  # the package re-exports a function of that name
+    module = importlib.import_module("slt_interp.theory.newton_polyhedron")  # the package re-exports a function of that name
 
     monkeypatch.setattr(module, "_negative_point", lambda poly, k: None)
     with pytest.raises(ValueError, match="changes sign"):
@@ -124,7 +124,7 @@ def test_agrees_with_normal_crossing(ks, c):
 @given(exponent_lists, exponent_lists)
 @settings(max_examples=30, deadline=None)
 def test_sum_in_disjoint_variables(ks, ls):
-    """λ(f(x) + g(y)) = λ_f + λ_g and m = m_f + m_g − 1 (THEORY.md §1)."""
+    """λ(f(x) + g(y)) = λ_f + λ_g and m = m_f + m_g − 1 (docs/theory.md §1)."""
     xs, ys = W[: len(ks)], W[len(ks) : len(ks) + len(ls)]
     f, g = _monomial(xs, ks), _monomial(ys, ls)
     total = newton_polyhedron(f + g, xs + ys)

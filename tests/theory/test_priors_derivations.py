@@ -7,8 +7,8 @@ import pytest
 import sympy as sp
 from scipy import integrate
 
-from theory import PRIOR_CATALOGUE, l0, penalty_from_prior, prior_from_penalty
-from theory.prior_catalogue import ALPHA, LAM, NU, P, PI0, S
+from slt_interp.theory import PRIOR_CATALOGUE, l0, penalty_from_prior, prior_from_penalty
+from slt_interp.theory.prior_catalogue import ALPHA, LAM, NU, P, PI0, S
 
 A = sp.Symbol("a", real=True)
 X = sp.Symbol("a", nonnegative=True)

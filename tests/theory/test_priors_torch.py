@@ -1,5 +1,5 @@
 """Every catalogue penalty's ``.to_torch()`` against sympy's own evaluation in float64, gradients
-against sympy's derivative; the lambdify pitfalls of THEORY.md §4; the prox against brute force."""
+against sympy's derivative; the lambdify pitfalls of docs/theory.md §4; the prox against brute force."""
 import functools
 
 import numpy as np
@@ -8,9 +8,9 @@ import sympy as sp
 import torch
 from scipy.optimize import minimize, minimize_scalar
 
-from theory import PRIOR_CATALOGUE
-from theory._lambdify import torch_function
-from theory.prior_catalogue import ALPHA, LAM, NU, P, PI0, S
+from slt_interp.theory import PRIOR_CATALOGUE
+from slt_interp.theory._lambdify import torch_function
+from slt_interp.theory.prior_catalogue import ALPHA, LAM, NU, P, PI0, S
 
 NUMBERS = {"lambda": 1.3, "s": 0.7, "nu": 3.0, "p": 1.5, "alpha": 2.5, "pi_0": 0.8}
 SYMBOLS = {LAM: 1.3, S: 0.7, NU: 3.0, P: 1.5, ALPHA: 2.5, PI0: 0.8}

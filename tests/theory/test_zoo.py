@@ -4,7 +4,7 @@ import pytest
 import sympy as sp
 import torch
 
-from theory import deep_linear_network, newton_polyhedron, reduced_rank_regression, zoo
+from slt_interp.theory import deep_linear_network, newton_polyhedron, reduced_rank_regression, zoo
 
 
 @pytest.mark.parametrize("name", sorted(zoo.POTENTIALS))
