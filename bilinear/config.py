@@ -12,6 +12,10 @@ NORMALISERS = ("none", "position")
 class BilinearConfig:
     """Shape of a :class:`~slt_interp.bilinear.model.BilinearTransformer`.
 
+    Raises:
+        ValueError: a field out of range (non-positive sizes, an unknown or data-dependent normaliser,
+            init_std ≤ 0).
+
     Attributes:
         vocab_size: number of tokens V.
         n_ctx: maximum context length T.
@@ -39,6 +43,7 @@ class BilinearConfig:
     init_std: float = 1.0  # ‖embedding‖ at initialisation
 
     def __post_init__(self):
+        """Validate the fields (each message names the field and the allowed values)."""
         for name in ("vocab_size", "n_ctx", "d_model", "n_layers", "n_heads", "d_head"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -54,11 +59,22 @@ class BilinearConfig:
             raise ValueError(f"BilinearConfig.init_std must be > 0, got {self.init_std!r}")
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (inverse of :meth:`from_dict`)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "BilinearConfig":
-        """Build a config from a dict, rejecting unknown keys (so typos do not pass silently)."""
+        """Build a config from a dict, rejecting unknown keys (so typos do not pass silently).
+
+        Args:
+            data: field name -> value.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: an unknown key or an invalid value.
+        """
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

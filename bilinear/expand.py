@@ -16,22 +16,26 @@ the embedding (every term a monomial of one degree); the path count explodes (5 
 one and two layers with one head and an MLP, ~10²³ at three), so paths are indexed, counted and
 evaluated on demand from a shared DAG, never listed.
 
-Both are exact: the sum of all terms is the forward pass.
+Both are exact: the sum of all terms is the forward pass. That holds for the reference computation
+only, so a model with anything else (a hook, a patched forward, an attribute that differs from its
+config) is refused, and the sum is checked against one forward pass before an expansion is returned
+(:mod:`~slt_interp.bilinear.expandable`). Pruning the terms with proven bounds: :mod:`~slt_interp.bilinear.prune`.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from .components import Component, component_graph, readout_matrix, term_index
+from .expandable import check_expandable, verify_sum, warn_low_precision
 from .factored import FactoredBilinear, FactoredMatrix
-from .layers import position_normaliser
-from .layers import BilinearMLP, LinearAttention
-from .model import BilinearTransformer, Block
+from .layers import causal_weights
+from .model import BilinearTransformer
 
 __all__ = [
     "expand",
@@ -40,93 +44,12 @@ __all__ = [
     "Term",
     "PathTerm",
     "HeadFactors",
-    "NotExpandableError",
 ]
-
-# module types that make a transformer non-polynomial: softmax and every normalisation layer
-_FORBIDDEN = (
-    nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.MultiheadAttention, nn.LayerNorm, nn.GroupNorm,
-    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm,
-    nn.Transformer, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
-) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
-
-
-class NotExpandableError(TypeError):
-    """The model is not a polynomial in its embeddings, so it has no exact finite expansion."""
-
-
-def _check_expandable(model) -> None:
-    if not isinstance(model, BilinearTransformer):
-        raise NotExpandableError(
-            f"expand() needs a slt_interp.bilinear.BilinearTransformer, got {type(model).__name__}. Only a transformer "
-            "with linear (softmax-free) attention, bilinear MLPs and no normalisation layer is a polynomial in "
-            "its embeddings; build one with slt_interp.bilinear.BilinearTransformer(BilinearConfig(...)) and train it."
-        )
-    for name, module in model.named_modules():
-        if isinstance(module, _FORBIDDEN):
-            raise NotExpandableError(
-                f"module {name!r} is a {type(module).__name__}: softmax and normalisation layers divide by a "
-                "data-dependent quantity, so the model is not a polynomial and no finite sum of terms equals "
-                "its forward pass. Remove it (use the fixed normaliser BilinearConfig.normaliser='position')."
-            )
-    for method in ("forward", "residual", "embed", "component_outputs"):
-        if getattr(type(model), method) is not getattr(BilinearTransformer, method):
-            raise NotExpandableError(
-                f"{type(model).__name__} overrides {method}(); the expansion is derived for the reference "
-                "BilinearTransformer computation only (a changed forward may add softmax or normalisation). "
-                "Expand a plain BilinearTransformer with the same weights instead."
-            )
-    reference = ((Block, ("forward",)), (LinearAttention, ("forward", "pattern", "head_outputs")),
-                 (BilinearMLP, ("forward",)))
-    for l, block in enumerate(model.blocks):
-        for module, (base, methods) in zip((block, block.attn, block.mlp), reference):
-            if module is None:
-                continue
-            if not isinstance(module, base) or any(getattr(type(module), m) is not getattr(base, m) for m in methods):
-                raise NotExpandableError(
-                    f"block {l} holds a {type(module).__name__} where the expansion expects the reference "
-                    f"{base.__name__}; a replaced or overridden layer may not be polynomial. Use the "
-                    "bilinear layers as built by BilinearTransformer(config)."
-                )
-
-
-def _readout(model: BilinearTransformer, readout, dtype, device) -> Tensor | None:
-    """Readout matrix (o, d_model): "logits" -> W_U, "residual" -> None (identity), or a tensor."""
-    if isinstance(readout, str):
-        if readout == "logits":
-            return model.W_U.detach().to(dtype=dtype, device=device)
-        if readout == "residual":
-            return None
-        raise ValueError(f"readout must be 'logits', 'residual' or a (k, d_model) tensor, got {readout!r}")
-    if not isinstance(readout, Tensor) or readout.dim() != 2 or readout.shape[1] != model.config.d_model:
-        raise ValueError(f"a readout tensor must have shape (k, {model.config.d_model}), got "
-                         f"{getattr(readout, 'shape', type(readout).__name__)}")
-    return readout.to(dtype=dtype, device=device)
 
 
 def _apply(readout: Tensor | None, M: Tensor) -> Tensor:
-    """readout @ M (identity readout: M itself)."""
+    """Product readout @ M (identity readout: M itself)."""
     return M if readout is None else readout @ M
-
-
-@dataclass(frozen=True)
-class _Component:
-    name: str
-    kind: str  # "embed" | "head" | "mlp"
-    layer: int | None
-    head: int | None
-    sources: tuple[int, ...]  # indices of the components it reads
-
-
-def _components(config) -> list[_Component]:
-    comps = [_Component("emb", "embed", None, None, ())]
-    for l in range(config.n_layers):
-        before = tuple(range(len(comps)))
-        for h in range(config.n_heads):
-            comps.append(_Component(f"L{l}.H{h}", "head", l, h, before))
-        if config.d_mlp > 0:
-            comps.append(_Component(f"L{l}.mlp", "mlp", l, None, tuple(range(len(comps)))))
-    return comps
 
 
 @dataclass(frozen=True)
@@ -158,7 +81,14 @@ class Term:
         return self.degrees[0] if len(self.degrees) == 1 else None
 
     def contains(self, component: str) -> bool:
-        """Whether ``component`` writes this term or fills one of its slots."""
+        """Whether ``component`` writes this term or fills one of its slots.
+
+        Args:
+            component: a component name such as "L0.H1".
+
+        Returns:
+            True when it is the writer or one of the sources.
+        """
         return component == self.component or component in self.sources
 
 
@@ -175,7 +105,7 @@ class HeadFactors:
     ov: FactoredMatrix
 
 
-def _degree_sets(comps: list[_Component]) -> list[frozenset[int]]:
+def _degree_sets(comps: tuple[Component, ...]) -> list[frozenset[int]]:
     degs: list[frozenset[int]] = []
     for c in comps:
         if c.kind == "embed":
@@ -189,14 +119,36 @@ def _degree_sets(comps: list[_Component]) -> list[frozenset[int]]:
     return degs
 
 
+def _prepare(model) -> None:
+    """The structural checks and the low-precision warning every expansion starts with."""
+    check_expandable(model)
+    warn_low_precision(model)
+
+
 class ComponentExpansion:
     """logits = Σ_terms term, one term per (component, source tuple); see the module docstring.
 
     Build with :func:`expand`. Terms are evaluated from one cached forward pass (the component outputs)
-    plus, per head, the score tensors of all source pairs.
+    plus, per head, the score tensors of all source pairs. Before it is returned, the sum of the terms
+    is checked against one forward pass on a few token sequences
+    (:func:`~slt_interp.bilinear.expandable.verify_sum`).
+
+    Args:
+        model: the :class:`~slt_interp.bilinear.model.BilinearTransformer` to expand.
+
+    Attributes:
+        model: the model (held, not copied: later weight changes show in the terms; a hook or patch added
+            later is refused at evaluation).
+        config: its config.
+        components: the :class:`~slt_interp.bilinear.components.Component` writers in forward order, each
+            with the range of term indices it writes (``components[i].terms``).
+        terms: the :class:`Term` objects, in order.
+
+    Raises:
+        NotExpandableError: see :func:`expand`.
 
     Example:
-        >>> model = BilinearTransformer(BilinearConfig(vocab_size=5, n_ctx=4, d_model=8)).double()
+        >>> model = BilinearTransformer(BilinearConfig(vocab_size=5, n_ctx=4, d_model=8), seed=0).double()
         >>> exp = expand(model)
         >>> tokens = torch.tensor([[0, 1, 2, 3]])
         >>> bool(torch.allclose(exp.evaluate_sum(tokens), model(tokens)))
@@ -204,19 +156,22 @@ class ComponentExpansion:
     """
 
     def __init__(self, model: BilinearTransformer):
-        _check_expandable(model)
+        """Check the model, build the terms and check their sum (see the class docstring)."""
+        _prepare(model)
+        self._build(model)
+        verify_sum(model, lambda tokens: self.evaluate(tokens, readout="residual"))
+
+    def _build(self, model: BilinearTransformer) -> None:
         self.model = model
         self.config = model.config
-        self._comps = _components(model.config)
-        self._comp_index = {c.name: i for i, c in enumerate(self._comps)}
-        degs = _degree_sets(self._comps)
+        graph = component_graph(model.config)
+        self._comp_index = {c.name: c.index for c in graph}
+        degs = _degree_sets(graph)
         terms: list[Term] = [Term(0, "emb", "embed", "emb", (), None, None, (1,))]
-        self._groups: list[tuple[int, int, int]] = [(0, 0, 1)]  # (component index, first term, end)
-        for ci, c in enumerate(self._comps):
-            if c.kind == "embed":
-                continue
+        comps = [replace(graph[0], terms=range(0, 1))]
+        for c in graph[1:]:
             start = len(terms)
-            names = [self._comps[s].name for s in c.sources]
+            names = [graph[s].name for s in c.sources]
             if c.kind == "head":
                 for q, k, v in itertools.product(range(len(c.sources)), repeat=3):
                     d = sorted({a + b + e for a in degs[c.sources[q]] for b in degs[c.sources[k]]
@@ -230,105 +185,230 @@ class ComponentExpansion:
                     d = sorted({a + b for a in degs[c.sources[i]] for b in degs[c.sources[j]]})
                     terms.append(Term(len(terms), f"{c.name}({names[i]}, {names[j]})", "mlp", c.name,
                                       (names[i], names[j]), c.layer, None, tuple(d)))
-            self._groups.append((ci, start, len(terms)))
+            comps.append(replace(c, terms=range(start, len(terms))))
+        self.components: tuple[Component, ...] = tuple(comps)
         self.terms: tuple[Term, ...] = tuple(terms)
 
     # -- container protocol -------------------------------------------------------------------------
     def __len__(self) -> int:
+        """Number of terms."""
         return len(self.terms)
 
     def __getitem__(self, index: int) -> Term:
+        """The term with this index."""
         return self.terms[index]
 
     def __iter__(self) -> Iterator[Term]:
+        """The terms, in order."""
         return iter(self.terms)
 
     @property
     def component_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self._comps)
+        """Names of the components ("emb", "L0.H0", ..., "L0.mlp", ...), in forward order."""
+        return tuple(c.name for c in self.components)
+
+    def component_index(self, name: str) -> int:
+        """Index in :attr:`components` of the component called ``name``.
+
+        Args:
+            name: e.g. "emb", "L0.H1", "L1.mlp".
+
+        Returns:
+            The index.
+
+        Raises:
+            KeyError: no such component.
+        """
+        if name not in self._comp_index:
+            raise KeyError(f"unknown component {name!r}; known: {self.component_names}")
+        return self._comp_index[name]
 
     def index(self, name: str) -> int:
-        """Index of the term called ``name``."""
+        """Index of the term called ``name``.
+
+        Args:
+            name: a term name such as "L1.H0(q=emb, k=L0.H1, v=emb)".
+
+        Returns:
+            The term's index.
+
+        Raises:
+            KeyError: no term has that name.
+        """
         for t in self.terms:
             if t.name == name:
                 return t.index
         raise KeyError(f"no term named {name!r}; names look like {self.terms[min(1, len(self) - 1)].name!r}")
 
     def containing(self, component: str) -> Tensor:
-        """Boolean mask (num_terms,) of the terms that ``component`` writes or feeds."""
-        if component not in self._comp_index:
-            raise KeyError(f"unknown component {component!r}; known: {self.component_names}")
+        """The terms that ``component`` writes or feeds.
+
+        Args:
+            component: a component name (see :attr:`component_names`).
+
+        Returns:
+            Boolean mask of shape (num_terms,).
+
+        Raises:
+            KeyError: unknown component.
+        """
+        self.component_index(component)
         return torch.tensor([t.contains(component) for t in self.terms])
 
     # -- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, tokens: Tensor, terms=None, *, readout="logits") -> Tensor:
-        """Values of the terms on ``tokens`` (B, T): shape (num_selected, B, T, out).
+        """Values of the terms on ``tokens``.
+
+        Cost: one forward pass (the component outputs) plus the selected terms only: with ``terms=[i]``
+        it is about one term's work (the projections of the sources it reads and one score tensor), not
+        all terms'; with ``terms=None`` every term, vectorised per component.
 
         Args:
-            tokens: integer tensor (B, T), T ≤ n_ctx.
-            terms: indices (or a boolean mask) of the terms to return; all when None.
+            tokens: integer tensor (B, T), T ≤ n_ctx, or a nested list of ints.
+            terms: indices (or a boolean mask) of the terms to return, in that order (repeats allowed);
+                all when None.
             readout: "logits" (W_U, out = vocab), "residual" (out = d_model) or a (k, d_model) matrix
                 such as SAE encoder directions.
+
+        Returns:
+            Shape (num_selected, B, T, out).
+
+        Raises:
+            NotExpandableError: the model was changed after the expansion was built (a hook, a patched
+                method, an attribute that no longer matches the config).
+            TypeError, ValueError: invalid tokens, terms or readout.
         """
         model = self.model
+        check_expandable(model)  # the model may have changed since the expansion was built
+        tokens = model.as_tokens(tokens)
+        chosen = None if terms is None else term_index(terms, len(self))
         with torch.no_grad():
             outs = model.component_outputs(tokens)
             X = torch.stack(list(outs.values()))  # (num_components, B, T, d_model)
-            R = _readout(model, readout, X.dtype, X.device)
-            T = tokens.shape[1]
-            nvec = position_normaliser(T, self.config.normaliser, dtype=X.dtype, device=X.device)
-            mask = torch.tril(torch.ones(T, T, dtype=X.dtype, device=X.device)) * nvec[:, None]  # (T, T)
+            R = readout_matrix(model, readout, X.dtype, X.device)
+            if chosen is None:
+                return self._evaluate_all(X, R, tokens.shape[1])
+            unique, inverse = torch.unique(chosen.cpu(), return_inverse=True)  # sorted
+            wanted = set(unique.tolist())
             values = []
-            for ci, start, end in self._groups:
-                c = self._comps[ci]
-                if c.kind == "embed":
-                    values.append(_apply_out(R, X[0])[None])  # (1, B, T, out)
-                    continue
-                S = X[list(c.sources)]  # (N, B, T, d_model)
-                N = S.shape[0]
-                if c.kind == "head":
-                    attn = model.blocks[c.layer].attn
-                    q = S @ attn.W_Q[c.head].T  # (N, B, T, d_head)
-                    k = S @ attn.W_K[c.head].T  # (N, B, T, d_head)
-                    ov = _apply(R, attn.W_O[c.head]) @ attn.W_V[c.head]  # (out, d_model)
-                    vo = S @ ov.T  # (N, B, T, out)
-                    scores = torch.einsum("nbtk,mbsk->nmbts", q, k) * mask  # (N, N, B, T, T)
-                    vals = torch.einsum("nmbts,pbso->nmpbto", scores, vo)  # (N, N, N, B, T, out)
-                    values.append(vals.reshape(N ** 3, *vals.shape[3:]))  # (N³, B, T, out)
-                else:
-                    mlp = model.blocks[c.layer].mlp
-                    a = S @ mlp.W.T  # (N, B, T, d_mlp)
-                    b = S @ mlp.V.T  # (N, B, T, d_mlp)
-                    prod = a[:, None] * b[None, :]  # (N, N, B, T, d_mlp)
-                    i, j = torch.triu_indices(N, N, device=X.device)
-                    off = (i != j).to(X.dtype)[:, None, None, None]
-                    pair = prod[i, j] + off * prod[j, i]  # (pairs, B, T, d_mlp)
-                    values.append(pair @ _apply(R, mlp.P).T)  # (pairs, B, T, out)
-            allv = torch.cat(values)  # (num_terms, B, T, out)
-        if terms is None:
-            return allv
-        return allv[_as_index(terms, len(self))]
+            for c in self.components:
+                local = [i - c.terms.start for i in c.terms if i in wanted]
+                if local:
+                    values.append(self._evaluate_component(c, X, R, tokens.shape[1], local))
+            if not values:
+                B, T = tokens.shape
+                out = X.shape[-1] if R is None else R.shape[0]
+                return X.new_zeros(0, B, T, out)
+            return torch.cat(values)[inverse.to(X.device)]  # (num_selected, B, T, out), in the order asked
+
+    def _evaluate_all(self, X: Tensor, R: Tensor | None, T: int) -> Tensor:
+        """Every term at once (vectorised over all source tuples of each component)."""
+        model = self.model
+        mask = causal_weights(T, self.config.normaliser, dtype=X.dtype, device=X.device)  # (T, T)
+        values = []
+        for c in self.components:
+            if c.kind == "embed":
+                values.append(_apply_out(R, X[0])[None])  # (1, B, T, out)
+                continue
+            S = X[list(c.sources)]  # (N, B, T, d_model)
+            N = S.shape[0]
+            if c.kind == "head":
+                attn = model.blocks[c.layer].attn
+                q = S @ attn.W_Q[c.head].T  # (N, B, T, d_head)
+                k = S @ attn.W_K[c.head].T  # (N, B, T, d_head)
+                ov = _apply(R, attn.W_O[c.head]) @ attn.W_V[c.head]  # (out, d_model)
+                vo = S @ ov.T  # (N, B, T, out)
+                scores = torch.einsum("nbtk,mbsk->nmbts", q, k) * mask  # (N, N, B, T, T)
+                vals = torch.einsum("nmbts,pbso->nmpbto", scores, vo)  # (N, N, N, B, T, out)
+                values.append(vals.reshape(N ** 3, *vals.shape[3:]))  # (N³, B, T, out)
+            else:
+                mlp = model.blocks[c.layer].mlp
+                a = S @ mlp.W.T  # (N, B, T, d_mlp)
+                b = S @ mlp.V.T  # (N, B, T, d_mlp)
+                prod = a[:, None] * b[None, :]  # (N, N, B, T, d_mlp)
+                i, j = torch.triu_indices(N, N, device=X.device)
+                off = (i != j).to(X.dtype)[:, None, None, None]
+                pair = prod[i, j] + off * prod[j, i]  # (pairs, B, T, d_mlp)
+                values.append(pair @ _apply(R, mlp.P).T)  # (pairs, B, T, out)
+        return torch.cat(values)  # (num_terms, B, T, out)
+
+    def _evaluate_component(self, c: Component, X: Tensor, R: Tensor | None, T: int, local: list[int]) -> Tensor:
+        """The terms number ``local`` (sorted, within component c's range) only: cost ∝ len(local).
+
+        Projections are computed for the sources those terms use, scores for their (q, k) pairs only.
+        """
+        model = self.model
+        if c.kind == "embed":
+            return _apply_out(R, X[0])[None]  # (1, B, T, out)
+        N = len(c.sources)
+        src = torch.tensor(c.sources, device=X.device)
+        idx = torch.tensor(local, device=X.device)
+        if c.kind == "head":
+            qi, rem = idx // (N * N), idx % (N * N)  # term order: q, k, v (itertools.product)
+            ki, vi = rem // N, rem % N
+            attn = model.blocks[c.layer].attn
+            mask = causal_weights(T, self.config.normaliser, dtype=X.dtype, device=X.device)  # (T, T)
+            q = X[src[qi]] @ attn.W_Q[c.head].T  # (n, B, T, d_head)
+            k = X[src[ki]] @ attn.W_K[c.head].T  # (n, B, T, d_head)
+            ov = _apply(R, attn.W_O[c.head]) @ attn.W_V[c.head]  # (out, d_model)
+            vo = X[src[vi]] @ ov.T  # (n, B, T, out)
+            return ((q @ k.transpose(-1, -2)) * mask) @ vo  # (n, B, T, out)
+        rows, cols = torch.triu_indices(N, N, device=X.device)
+        i, j = rows[idx], cols[idx]
+        mlp = model.blocks[c.layer].mlp
+        xa, xb = X[src[i]], X[src[j]]  # (n, B, T, d_model)
+        pair = (xa @ mlp.W.T) * (xb @ mlp.V.T)  # (n, B, T, d_mlp)
+        off = i != j
+        if bool(off.any()):
+            swapped = (xb[off] @ mlp.W.T) * (xa[off] @ mlp.V.T)
+            pair = pair.index_add(0, off.nonzero().flatten(), swapped)
+        return pair @ _apply(R, mlp.P).T  # (n, B, T, out)
 
     def evaluate_sum(self, tokens: Tensor, keep=None, *, readout="logits") -> Tensor:
-        """Σ of the kept terms (all when ``keep`` is None), shape (B, T, out)."""
-        values = self.evaluate(tokens, readout=readout)
+        """Σ of the kept terms.
+
+        Args:
+            tokens: integer tensor (B, T) or a nested list of ints.
+            keep: indices (or a boolean mask) of the terms to sum; all when None.
+            readout: as in :meth:`evaluate`.
+
+        Returns:
+            Shape (B, T, out).
+
+        Raises:
+            NotExpandableError, TypeError, ValueError: as in :meth:`evaluate`.
+        """
         if keep is None:
-            return values.sum(0)
-        return values[_as_index(keep, len(self))].sum(0)
+            return self.evaluate(tokens, readout=readout).sum(0)
+        idx = term_index(keep, len(self))
+        if idx.numel() == 0:
+            return self.evaluate(tokens, [0], readout=readout)[0] * 0
+        return self.evaluate(tokens, idx, readout=readout).sum(0)
 
     # -- factored representation ------------------------------------------------------------------------
     def factored(self, term: int | Term, *, readout="logits", token_space: bool = False):
-        """The term's weights, factored: :class:`HeadFactors` for a head term, a
-        :class:`~slt_interp.bilinear.factored.FactoredBilinear` for an MLP term (its interaction matrices
-        ``.interaction(u)``), a :class:`FactoredMatrix` readout·W_E for the embedding term.
+        """The term's weights, factored.
 
-        With ``token_space=True`` every slot filled by the embedding is composed with the token
-        embedding W_E (positional part left out), so QK/OV circuits and interaction matrices are
-        (vocab × vocab); a slot filled by another component raises.
+        :class:`HeadFactors` for a head term, a :class:`~slt_interp.bilinear.factored.FactoredBilinear`
+        for an MLP term (its interaction matrices ``.interaction(u)``), a :class:`FactoredMatrix`
+        readout·W_E for the embedding term.
+
+        Args:
+            term: a term or its index.
+            readout: as in :meth:`evaluate`.
+            token_space: compose every slot filled by the embedding with the token embedding W_E
+                (positional part left out), so QK/OV circuits and interaction matrices are
+                (vocab × vocab).
+
+        Returns:
+            HeadFactors, FactoredBilinear or FactoredMatrix (see above).
+
+        Raises:
+            ValueError: ``token_space=True`` for a term with a slot filled by another component.
         """
         t = self.terms[term] if isinstance(term, int) else term
         m = self.model
-        R = _readout(m, readout, m.W_E.dtype, m.W_E.device)
+        R = readout_matrix(m, readout, m.W_E.dtype, m.W_E.device)
         WE = m.W_E.detach()
         eye = torch.eye(self.config.d_model, dtype=WE.dtype, device=WE.device)
 
@@ -354,35 +434,13 @@ class ComponentExpansion:
                 return FactoredBilinear(_apply(R, mlp.P), mlp.W @ sa, mlp.V @ sb)
             return FactoredBilinear(_apply(R, mlp.P), mlp.W @ sa, mlp.V @ sa)
 
-    # -- pruning ------------------------------------------------------------------------------------------
-    def bounds(self, *, readout="logits"):
-        """Certified per-term bounds; see :func:`slt_interp.bilinear.prune.term_bounds`."""
-        from .prune import term_bounds
-
-        return term_bounds(self, readout=readout)
-
-    def prune(self, eps: float | None = None, *, num_keep: int | None = None, tokens: Tensor | None = None,
-              rank_by: str = "bound", exhaustive: bool = False):
-        """Keep the largest terms; see :func:`slt_interp.bilinear.prune.prune`."""
-        from .prune import prune
-
-        return prune(self, eps, num_keep=num_keep, tokens=tokens, rank_by=rank_by, exhaustive=exhaustive)
-
     def __repr__(self) -> str:
-        return f"ComponentExpansion({len(self)} terms, {len(self._comps)} components)"
+        """Size summary."""
+        return f"ComponentExpansion({len(self)} terms, {len(self.components)} components)"
 
 
 def _apply_out(R: Tensor | None, X: Tensor) -> Tensor:
     return X if R is None else X @ R.T
-
-
-def _as_index(sel, n: int) -> Tensor:
-    sel = torch.as_tensor(sel)
-    if sel.dtype == torch.bool:
-        if sel.shape != (n,):
-            raise ValueError(f"a boolean term mask must have shape ({n},), got {tuple(sel.shape)}")
-        return sel.nonzero().flatten()
-    return sel.long().flatten()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -423,14 +481,28 @@ class PathExpansion:
     a bilinear MLP maps N to N + N(N + 1)/2 (unordered pairs) (docs/theory.md §5). Path i is decoded from
     its index in O(1) per level; nothing is enumerated unless asked.
 
+    The path expansion and the component expansion expand the same polynomial, so before it is returned
+    the model is checked as for :class:`ComponentExpansion` (structure, then the sum of the component
+    terms against one forward pass; the sum of all paths equals that sum identically).
+
+    Args:
+        model: the :class:`~slt_interp.bilinear.model.BilinearTransformer` to expand.
+
+    Raises:
+        NotExpandableError: see :func:`expand`.
+
     Example:
         >>> cfg = BilinearConfig(vocab_size=5, n_ctx=4, d_model=8, n_layers=2, n_heads=1)
-        >>> expand(BilinearTransformer(cfg), level="path").num_paths
+        >>> expand(BilinearTransformer(cfg, seed=0).double(), level="path").num_paths
         8645
     """
 
     def __init__(self, model: BilinearTransformer):
-        _check_expandable(model)
+        """Check the model and set up the path index (see the class docstring)."""
+        _prepare(model)
+        components = ComponentExpansion.__new__(ComponentExpansion)  # already checked and warned
+        components._build(model)
+        verify_sum(model, lambda tokens: components.evaluate(tokens, readout="residual"))
         self.model = model
         self.config = c = model.config
         stages, n = [], 1
@@ -444,6 +516,7 @@ class PathExpansion:
         self.num_paths: int = n
 
     def __len__(self) -> int:
+        """Number of paths (OverflowError beyond 2⁶²: use :attr:`num_paths`)."""
         if self.num_paths > 2 ** 62:
             raise OverflowError(f"{self.num_paths:.3e} paths do not fit len(); use .num_paths")
         return self.num_paths
@@ -453,6 +526,9 @@ class PathExpansion:
 
         With p(x) = Σ_paths x^degree: attention maps p to p + H·p³, an MLP maps p to
         p + (p² + p(x²))/2 (unordered pairs, Pólya's count), starting from p = x.
+
+        Returns:
+            ``{degree: number of paths}``, sorted by degree; the counts sum to :attr:`num_paths`.
         """
         p = {1: 1}
         for st in self._stages:
@@ -489,16 +565,47 @@ class PathExpansion:
         return "mlp", f"L{st.layer}.mlp", (a, b)
 
     def path(self, i: int) -> PathTerm:
-        """The path with index ``i`` (degree computed by walking its tree)."""
+        """The path with index ``i`` (degree computed by walking its tree).
+
+        Args:
+            i: path index in [0, num_paths).
+
+        Returns:
+            A :class:`PathTerm`.
+
+        Raises:
+            IndexError: ``i`` out of range.
+        """
         kind, comp, children = self._decode(i)
         return PathTerm(i, kind, comp, children, self.degree(i))
 
     def degree(self, i: int) -> int:
+        """Degree in the embeddings of path ``i``.
+
+        Args:
+            i: path index in [0, num_paths).
+
+        Returns:
+            The degree.
+
+        Raises:
+            IndexError: ``i`` out of range.
+        """
         kind, _, children = self._decode(i)
         return 1 if kind == "embed" else sum(self.degree(c) for c in children)
 
     def name(self, i: int) -> str:
-        """Readable nested name, e.g. "L1.H0(q=emb, k=L0.H0(q=emb, k=emb, v=emb), v=emb)"."""
+        """Readable nested name, e.g. "L1.H0(q=emb, k=L0.H0(q=emb, k=emb, v=emb), v=emb)".
+
+        Args:
+            i: path index in [0, num_paths).
+
+        Returns:
+            The name.
+
+        Raises:
+            IndexError: ``i`` out of range.
+        """
         kind, comp, ch = self._decode(i)
         if kind == "embed":
             return "emb"
@@ -507,7 +614,17 @@ class PathExpansion:
         return f"{comp}({self.name(ch[0])}, {self.name(ch[1])})"
 
     def components(self, i: int) -> frozenset[str]:
-        """All components appearing anywhere on path ``i``."""
+        """All components appearing anywhere on path ``i``.
+
+        Args:
+            i: path index in [0, num_paths).
+
+        Returns:
+            Their names.
+
+        Raises:
+            IndexError: ``i`` out of range.
+        """
         kind, comp, ch = self._decode(i)
         out = {comp}
         for c in ch:
@@ -522,16 +639,28 @@ class PathExpansion:
             yield self.path(i)
 
     def evaluate(self, indices, tokens: Tensor, *, readout="logits") -> Tensor:
-        """Values of the given paths on ``tokens``: (len(indices), B, T, out), computed lazily with
-        sharing (each sub-path evaluated once per call)."""
+        """Values of the given paths, computed lazily with sharing (each sub-path once per call).
+
+        Args:
+            indices: path indices (Python ints; they may exceed 2⁶³).
+            tokens: integer tensor (B, T) or a nested list of ints.
+            readout: as in :meth:`ComponentExpansion.evaluate`.
+
+        Returns:
+            Shape (len(indices), B, T, out).
+
+        Raises:
+            NotExpandableError: the model was changed after the expansion was built.
+            IndexError: an index out of range.
+        """
         model = self.model
+        check_expandable(model)  # the model may have changed since the expansion was built
+        tokens = model.as_tokens(tokens)
         memo: dict[int, Tensor] = {}
         with torch.no_grad():
             x0 = model.embed(tokens)  # (B, T, d_model)
-            R = _readout(model, readout, x0.dtype, x0.device)
-            T = tokens.shape[1]
-            nvec = position_normaliser(T, self.config.normaliser, dtype=x0.dtype, device=x0.device)
-            mask = torch.tril(torch.ones(T, T, dtype=x0.dtype, device=x0.device)) * nvec[:, None]  # (T, T)
+            R = readout_matrix(model, readout, x0.dtype, x0.device)
+            mask = causal_weights(tokens.shape[1], self.config.normaliser, dtype=x0.dtype, device=x0.device)
 
             def value(i: int) -> Tensor:  # residual-stream value of path i, (B, T, d_model)
                 if i in memo:
@@ -558,23 +687,32 @@ class PathExpansion:
             return torch.stack([_apply_out(R, value(int(i))) for i in indices])
 
     def materialise(self, tokens: Tensor, *, readout="logits", max_paths: int = 200_000) -> Tensor:
-        """Every path's value, shape (num_paths, B, T, out), computed stage by stage (vectorised).
+        """Every path's value, computed stage by stage (vectorised).
+
+        Args:
+            tokens: integer tensor (B, T) or a nested list of ints.
+            readout: as in :meth:`ComponentExpansion.evaluate`.
+            max_paths: refuse beyond this many paths.
+
+        Returns:
+            Shape (num_paths, B, T, out).
 
         Raises:
             ValueError: when num_paths > max_paths (the full expansion explodes; use ``evaluate`` on
                 selected paths or the :class:`ComponentExpansion`).
+            NotExpandableError: the model was changed after the expansion was built.
         """
         if self.num_paths > max_paths:
             raise ValueError(f"the full path expansion has {self.num_paths:.4g} paths > max_paths = {max_paths}; "
                              "evaluate selected paths with .evaluate(indices, tokens) or use the component "
                              "expansion (expand(model, level='component'))")
         model = self.model
+        check_expandable(model)  # the model may have changed since the expansion was built
+        tokens = model.as_tokens(tokens)
         with torch.no_grad():
             x0 = model.embed(tokens)
-            R = _readout(model, readout, x0.dtype, x0.device)
-            T = tokens.shape[1]
-            nvec = position_normaliser(T, self.config.normaliser, dtype=x0.dtype, device=x0.device)
-            mask = torch.tril(torch.ones(T, T, dtype=x0.dtype, device=x0.device)) * nvec[:, None]  # (T, T)
+            R = readout_matrix(model, readout, x0.dtype, x0.device)
+            mask = causal_weights(tokens.shape[1], self.config.normaliser, dtype=x0.dtype, device=x0.device)
             X = x0[None]  # (N, B, T, d_model)
             for st in self._stages:
                 N = X.shape[0]
@@ -599,6 +737,7 @@ class PathExpansion:
             return _apply_out(R, X)
 
     def __repr__(self) -> str:
+        """Size summary."""
         return f"PathExpansion({self.num_paths} paths, {len(self._stages)} stages)"
 
 
@@ -627,20 +766,33 @@ def expand(model: BilinearTransformer, level: str = "component"):
     docs/theory.md §5; bilinear layers: Sharkey 2023 (arXiv 2305.03452); interaction matrices:
     Pearce et al. 2024 (arXiv 2410.08417).
 
+    The expansion is exact only for the reference computation, so everything else is refused
+    (:mod:`~slt_interp.bilinear.expandable`), and before returning, the sum of the terms is checked against
+    one forward pass on a few fixed random sequences (:func:`~slt_interp.bilinear.expandable.verify_sum`).
+
     Args:
-        model: a :class:`~slt_interp.bilinear.model.BilinearTransformer` (float64 recommended for exactness).
+        model: a :class:`~slt_interp.bilinear.model.BilinearTransformer` (float64 recommended for exactness;
+            float16 / bfloat16 give a warning).
         level: "component" (:class:`ComponentExpansion`, sources are whole component outputs, term count
             polynomial in depth) or "path" (:class:`PathExpansion`, monomials down to the embedding,
             lazy).
 
+    Returns:
+        A :class:`ComponentExpansion` or a :class:`PathExpansion`.
+
     Raises:
-        NotExpandableError: the model has softmax attention or a normalisation layer, overrides the
-            reference forward, or is not a BilinearTransformer.
+        NotExpandableError: the model is not a BilinearTransformer, has softmax attention or a
+            normalisation layer, a forward hook (its own, a submodule's or a global one), a method
+            overridden on its class or instance, a layer attribute that differs from its config, or a
+            forward pass that the sum of the terms does not reproduce.
         ValueError: unknown ``level``.
+
+    Warns:
+        UserWarning: the model is float16 or bfloat16 (the sum is then exact only to a few digits).
     """
     if level == "component":
         return ComponentExpansion(model)
     if level == "path":
         return PathExpansion(model)
-    _check_expandable(model)
+    check_expandable(model)
     raise ValueError(f"level must be 'component' or 'path', got {level!r}")

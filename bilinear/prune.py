@@ -15,6 +15,12 @@ vacuous, compare Gross et al. 2024, arXiv 2406.11779):
   per-position table above (with readout M) where it is a layer-0 head, and otherwise ‖M‖₂·R_c, where
   R_c ≥ sup ‖out_c‖ is itself certified recursively, layer by layer, as the sum of the bounds of
   component c's own terms. For MLP terms ‖u ⊙ v‖₂ ≤ min(‖u‖₂‖v‖_∞, ‖u‖_∞‖v‖₂).
+* then, per term, the smaller of that and the per-position vertex bound of
+  :mod:`~slt_interp.bilinear.vertex_bounds` (layer-0 outputs are sums of per-token vectors, terms are
+  multilinear in their sources, so maxima are taken over vertex combinations; 2–60× tighter on
+  layer-1 terms in the tests).
+
+All bounds are bounds in exact arithmetic evaluated in float64 (the rounding is not enclosed).
 """
 from __future__ import annotations
 
@@ -23,8 +29,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .expand import ComponentExpansion, _as_index, _readout
+from .components import readout_matrix, term_index
+from .expand import ComponentExpansion
+from .expandable import check_expandable
 from .layers import position_normaliser
+from .vertex_bounds import vertex_bounds
 
 __all__ = ["TermBounds", "PruneResult", "term_bounds", "prune", "worst_case_error", "exhaustive_worst_case"]
 
@@ -34,6 +43,9 @@ _TABLE_LIMIT = 20_000_000  # entries of the (n_ctx·V)² exact table before fall
 @dataclass(frozen=True)
 class TermBounds:
     """Certified bounds b_i ≥ sup_{x, t} ‖term_i,t(x)‖₂ over all token sequences.
+
+    Each bound is proven for exact arithmetic on the model's weights (module docstring) and evaluated in
+    float64; the rounding of that evaluation (relative ~1e-13 at these sizes) is not enclosed.
 
     Attributes:
         values: (num_terms,) float64 bounds, in the expansion's term order.
@@ -52,17 +64,29 @@ def _spec(M: Tensor) -> float:
     return float(torch.linalg.matrix_norm(M, ord=2)) if M.numel() else 0.0
 
 
-def term_bounds(expansion: ComponentExpansion, *, readout="logits") -> TermBounds:
+def term_bounds(expansion: ComponentExpansion, *, readout="logits", vertex: bool = True) -> TermBounds:
     """Certified per-term worst-case norms of a :class:`~slt_interp.bilinear.expand.ComponentExpansion`.
 
     See the module docstring for the bounds used. Computed in float64 whatever the model dtype.
 
+    Args:
+        expansion: from ``expand(model)``.
+        readout: "logits", "residual" or a (k, d_model) matrix: the bounds are on ‖readout·term‖₂.
+        vertex: also compute the per-position vertex bounds of :mod:`~slt_interp.bilinear.vertex_bounds`
+            (layer-0 outputs as sums of per-token vectors) and keep the smaller bound per term; False
+            gives the norm-product / table bounds alone.
+
+    Returns:
+        A :class:`TermBounds`.
+
     Raises:
         TypeError: ``expansion`` is not a ComponentExpansion.
+        NotExpandableError: the model was changed after the expansion was built (e.g. a hook added).
     """
     if not isinstance(expansion, ComponentExpansion):
         raise TypeError(f"term_bounds needs a ComponentExpansion (expand(model)), got {type(expansion).__name__}")
     model, cfg = expansion.model, expansion.config
+    check_expandable(model)  # the model may have changed since the expansion was built
     with torch.no_grad():
         dev = model.W_E.device
         f64 = dict(dtype=torch.float64, device=dev)
@@ -70,13 +94,13 @@ def term_bounds(expansion: ComponentExpansion, *, readout="logits") -> TermBound
         X0 = WE[None].expand(cfg.n_ctx, -1, -1)  # (n_ctx, V, d_model): embedding of token x at t
         if model.W_pos is not None:
             X0 = X0 + model.W_pos.detach().to(**f64)[:, None, :]
-        Rout = _readout(model, readout, torch.float64, dev)
+        Rout = readout_matrix(model, readout, torch.float64, dev)
         nvec = position_normaliser(cfg.n_ctx, cfg.normaliser, **f64)  # (n_ctx,)
         tpos = torch.arange(cfg.n_ctx, device=dev)
         causal = (tpos[None, :] <= tpos[:, None]).to(torch.float64)  # (t, s): s ≤ t
         pos_factor = float((nvec * (tpos + 1)).max())  # max_t n(t)·(t+1)
         table_ok = (cfg.n_ctx * cfg.vocab_size) ** 2 <= _TABLE_LIMIT
-        comps = expansion._comps
+        comps = expansion.components
         R: list[float] = [float(X0.norm(dim=-1).max())]
 
         strict = (tpos[None, :] < tpos[:, None]).to(torch.float64)  # (t, s): s < t
@@ -165,15 +189,14 @@ def term_bounds(expansion: ComponentExpansion, *, readout="logits") -> TermBound
         values = [0.0] * len(expansion)
         exact = [False] * len(expansion)
         values[0], exact[0] = float(_apply_rows(Rout, X0).norm(dim=-1).max()), True
-        for ci, start, end in expansion._groups[1:]:
-            c = comps[ci]
+        for ci, c in enumerate(comps[1:], start=1):
             if c.kind == "head":
                 kr, ko = head_consts(ci, (None, Rout))
             else:
                 kr, ko = mlp_consts(ci, None), mlp_consts(ci, Rout)
             total = 0.0
-            for ti in range(start, end):
-                idx = [expansion._comp_index[s] for s in expansion.terms[ti].sources]
+            for ti in c.terms:
+                idx = [expansion.component_index(s) for s in expansion.terms[ti].sources]
                 if c.kind == "head":
                     total += head_bound(kr, *idx)
                     values[ti] = head_bound(ko, *idx)
@@ -182,9 +205,13 @@ def term_bounds(expansion: ComponentExpansion, *, readout="logits") -> TermBound
                     values[ti] = mlp_bound(ko, *idx)
                     exact[ti] = idx[0] == idx[1] == 0
             R.append(total)
+        values = torch.tensor(values, dtype=torch.float64)
+        if vertex:
+            tight = vertex_bounds(expansion, Rout).cpu()
+            values = torch.where(torch.tensor(exact), values, torch.minimum(values, tight))
     name = readout if isinstance(readout, str) else "matrix"
     return TermBounds(
-        values=torch.tensor(values, dtype=torch.float64),
+        values=values,
         exact=torch.tensor(exact),
         component_bounds={c.name: R[i] for i, c in enumerate(comps)},
         readout=name,
@@ -210,9 +237,9 @@ class PruneResult:
         num_sequences: number of sequences the measured error was taken over.
         eps: the requested certified budget (None when ``num_keep`` was given).
         bounds: the per-term :class:`TermBounds` used.
-        exhaustive_error: the exact worst case over *every* sequence of length n_ctx (hence every
-            prefix), by enumeration, when requested (``exhaustive=True``); else None. It is a certificate
-            too, and never above ``certified_error``.
+        exhaustive_error: the worst case over *every* sequence of length n_ctx (hence every prefix), by
+            enumeration, when requested (``exhaustive=True``); else None. Exact up to the rounding of the
+            model's dtype (use a float64 model), and never above ``certified_error``.
     """
 
     kept: tuple[int, ...]
@@ -226,14 +253,28 @@ class PruneResult:
 
     @property
     def keep_mask(self) -> Tensor:
+        """Boolean mask (num_terms,) of the kept terms, for ``evaluate_sum(tokens, keep=...)``."""
         mask = torch.zeros(len(self.kept) + len(self.dropped), dtype=torch.bool)
         mask[list(self.kept)] = True
         return mask
 
 
 def worst_case_error(expansion: ComponentExpansion, dropped, tokens: Tensor, *, readout="logits") -> float:
-    """max over sequences in ``tokens`` and positions of ‖Σ_{dropped} term_t‖₂ (measured, not certified)."""
-    idx = _as_index(dropped, len(expansion))
+    """Largest ‖Σ_{dropped} term_t‖₂ over the sequences in ``tokens`` and positions (measured, not proven).
+
+    Args:
+        expansion: from ``expand(model)``.
+        dropped: indices (or a boolean mask) of the dropped terms.
+        tokens: (B, T) integer tensor or nested list of ints.
+        readout: as in :meth:`~slt_interp.bilinear.expand.ComponentExpansion.evaluate`.
+
+    Returns:
+        The largest ℓ2 norm of the dropped terms' sum over the sequences and positions.
+
+    Raises:
+        TypeError, ValueError: invalid tokens or term indices.
+    """
+    idx = term_index(dropped, len(expansion))
     if idx.numel() == 0:
         return 0.0
     err = expansion.evaluate(tokens, idx, readout=readout).sum(0)  # (B, T, out)
@@ -241,7 +282,18 @@ def worst_case_error(expansion: ComponentExpansion, dropped, tokens: Tensor, *, 
 
 
 def all_sequences(vocab_size: int, n_ctx: int, start: int, stop: int, device=None) -> Tensor:
-    """Sequences number start..stop-1 of the V^n_ctx sequences in lexicographic order, (stop - start, n_ctx)."""
+    """Sequences number start..stop-1 of the V^n_ctx sequences in lexicographic order.
+
+    Args:
+        vocab_size: V.
+        n_ctx: sequence length.
+        start: first sequence number.
+        stop: one past the last sequence number.
+        device: device of the result.
+
+    Returns:
+        Integer tensor of shape (stop - start, n_ctx).
+    """
     idx = torch.arange(start, stop, device=device)
     powers = vocab_size ** torch.arange(n_ctx - 1, -1, -1, device=device)  # (n_ctx,)
     return (idx[:, None] // powers) % vocab_size
@@ -249,12 +301,19 @@ def all_sequences(vocab_size: int, n_ctx: int, start: int, stop: int, device=Non
 
 def exhaustive_worst_case(expansion: ComponentExpansion, dropped_sets, *, max_sequences: int = 200_000,
                           chunk_size: int = 512) -> list[float]:
-    """Exact sup over every sequence of length n_ctx and every position of ‖Σ_{dropped} term_t‖₂, by
-    enumerating all V^n_ctx sequences (causality: their prefixes cover every shorter sequence).
+    """Exact sup over every sequence and position of ‖Σ_{dropped} term_t‖₂, by enumeration.
+
+    All V^n_ctx sequences of length n_ctx are enumerated (causality: their prefixes cover every shorter
+    sequence). Exact up to float rounding of the evaluation.
 
     Args:
+        expansion: from ``expand(model)``.
         dropped_sets: a list of index tensors (or boolean masks); one worst case is returned for each.
         max_sequences: refuse when V^n_ctx exceeds it.
+        chunk_size: sequences evaluated at once.
+
+    Returns:
+        One worst case per dropped set.
 
     Raises:
         ValueError: the sequence space is larger than ``max_sequences``.
@@ -264,7 +323,7 @@ def exhaustive_worst_case(expansion: ComponentExpansion, dropped_sets, *, max_se
     if total > max_sequences:
         raise ValueError(f"{cfg.vocab_size}^{cfg.n_ctx} = {total:.3g} sequences > max_sequences = {max_sequences}; "
                          "use the bound-based certificate (certified_error) or raise max_sequences")
-    sets = [_as_index(d, len(expansion)) for d in dropped_sets]
+    sets = [term_index(d, len(expansion)) for d in dropped_sets]
     worst = [0.0] * len(sets)
     device = expansion.model.W_E.device
     for start in range(0, total, chunk_size):
@@ -295,10 +354,18 @@ def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: 
         exhaustive: also compute the exact worst case over all V^n_ctx sequences
             (:func:`exhaustive_worst_case`; small vocabularies and contexts only).
 
+    Returns:
+        A :class:`PruneResult`.
+
     Raises:
+        TypeError: ``expansion`` is not a ComponentExpansion, or invalid tokens.
         ValueError: neither or both of eps / num_keep, a negative value, or rank_by="measured" without
             tokens / with eps.
     """
+    if not isinstance(expansion, ComponentExpansion):
+        raise TypeError(f"prune needs a ComponentExpansion (expand(model)), got {type(expansion).__name__}")
+    if tokens is not None:
+        tokens = expansion.model.as_tokens(tokens)
     if (eps is None) == (num_keep is None):
         raise ValueError("give exactly one of eps (certified error budget) or num_keep (number of terms)")
     if eps is not None and not eps >= 0:

@@ -5,6 +5,7 @@ so that training needs no optimizer object (and does not import torch's compiler
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +47,17 @@ def _loss(model: BilinearTransformer, params: dict, tokens: Tensor, targets: Ten
 
 
 def accuracy(model: BilinearTransformer, task: Task, logits: Tensor | None = None) -> float:
-    """Fraction of masked positions where the arg-max logit is the target (logits may be given)."""
+    """Fraction of masked positions where the arg-max logit is the target.
+
+    Args:
+        model: the model.
+        task: the sequences, targets and mask.
+        logits: precomputed logits (B, T, vocab) to score instead of ``model(task.tokens)`` (e.g. those of
+            a pruned expansion).
+
+    Returns:
+        The accuracy in [0, 1].
+    """
     with torch.no_grad():
         logits = model(task.tokens) if logits is None else logits
         return float((logits.argmax(-1)[task.mask] == task.targets[task.mask]).double().mean())
@@ -57,7 +68,7 @@ def _adamw_init(params: list[Tensor]) -> dict:
 
 
 def _adamw_step(params, grads, state, *, lr: float, weight_decay: float, betas=(0.9, 0.98), eps=1e-8) -> None:
-    """m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p − lr·(m̂/(√v̂ + ε) + wd·p) (decoupled decay)."""
+    """One AdamW update: m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p − lr·(m̂/(√v̂ + ε) + wd·p) (decoupled decay)."""
     b1, b2 = betas
     state["t"] += 1
     c1, c2 = 1 - b1 ** state["t"], 1 - b2 ** state["t"]
@@ -73,18 +84,44 @@ def train(model: BilinearTransformer, task: Task, *, steps: int = 1000, lr: floa
           test: Task | None = None, grad_clip: float = 1.0, progress: bool = True) -> TrainResult:
     """Minimise the cross-entropy of ``model`` on ``task`` with AdamW (in place).
 
+    AdamW: Loshchilov & Hutter 2019 (arXiv 1711.05101), betas (0.9, 0.98), a linear warm-up of the
+    learning rate over the first 50 steps, and gradient-norm clipping.
+
     Args:
-        batch_size: sequences per step; None = full batch.
+        model: the model to train (its parameters are updated in place).
+        task: training sequences, targets and loss mask.
+        steps: number of optimisation steps (≥ 1).
+        lr: peak learning rate (finite, > 0).
+        weight_decay: decoupled weight decay (finite, ≥ 0).
+        batch_size: sequences per step (≥ 1); None = full batch.
         seed: seeds the batch order (explicit generator; the global RNG is not touched).
-        grad_clip: gradient-norm clip (polynomial models can have steep walls).
+        test: optional held-out task for the final test accuracy.
+        grad_clip: gradient-norm clip (finite, > 0; polynomial models can have steep walls).
         progress: show a tqdm bar.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: a task that does not fit the model, or an invalid setting (the message names it).
+        FloatingPointError: the loss became non-finite.
     """
     if task.vocab_size != model.config.vocab_size:
         raise ValueError(f"task vocabulary {task.vocab_size} != model vocabulary {model.config.vocab_size}")
     if task.n_ctx > model.config.n_ctx:
         raise ValueError(f"task context {task.n_ctx} > model n_ctx {model.config.n_ctx}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite learning rate > 0, got {lr!r}; a negative or zero rate would "
+                         "ascend or not move (try lr=3e-3)")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be finite and >= 0, got {weight_decay!r} (0 turns it off)")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be an int >= 1 (sequences per step) or None for the full batch, "
+                         f"got {batch_size!r}")
+    if not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip > 0):
+        raise ValueError(f"grad_clip must be a finite gradient-norm bound > 0, got {grad_clip!r}")
     g = torch.Generator().manual_seed(seed)
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]

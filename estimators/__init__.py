@@ -2,6 +2,8 @@
 from .calibration import StepSizeCalibration, calibrate_step_size
 from .diagnostics import effective_sample_size, geweke_z, mean_std_err, split_rhat
 from .llc_estimate import (
+    ConvergenceTargets,
+    LLCConvergenceWarning,
     LLCDiagnostics,
     LLCEstimate,
     SGLDDivergenceError,
@@ -16,10 +18,12 @@ from .curvature import CurvatureOperator, GaussNewtonOperator, HessianOperator
 from .curvature_plots import plot_rank_curve, plot_spectrum
 from .lanczos import LanczosResult, lanczos
 from .llc_bounds import LLCBounds, NotAMinimumError, NotAMinimumWarning, llc_bounds
-from .model_losses import DataLoss, behavioral_loss, training_loss
+from .flat import FlatProblem, flatten
+from .model_losses import DataLoss, behavioral_loss, reference_outputs, training_loss
 from .rank_curve import RankCurve, rank_curve, rank_curve_vs_n, threshold_for_sample_size
 from .slq import EigenvalueCount, SpectralQuadrature, count_eigenvalues, stochastic_lanczos_quadrature
 from .spectrum import Spectrum, dense_spectrum
+from .samplers import MALAKernel, RMSPropSGLDKernel, SamplerState, SGLDKernel, StepInfo
 from .sgld import mala_acceptance, sgld_step
 from .taylor import TaylorMode, directional_derivatives, fourth_derivative, third_derivative_vector
 
@@ -36,7 +40,10 @@ __all__ = [
     "NotAMinimumWarning",
     "llc_bounds",
     "DataLoss",
+    "FlatProblem",
     "behavioral_loss",
+    "flatten",
+    "reference_outputs",
     "training_loss",
     "RankCurve",
     "rank_curve",
@@ -56,6 +63,8 @@ __all__ = [
     "fourth_derivative",
     "sharpen_bounds",
     "third_derivative_vector",
+    "ConvergenceTargets",
+    "LLCConvergenceWarning",
     "LLCDiagnostics",
     "LLCEstimate",
     "SGLDDivergenceError",
@@ -68,6 +77,11 @@ __all__ = [
     "estimate_potential_llc",
     "geweke_z",
     "mala_acceptance",
+    "MALAKernel",
+    "RMSPropSGLDKernel",
+    "SamplerState",
+    "SGLDKernel",
+    "StepInfo",
     "mean_std_err",
     "sgld_step",
     "split_rhat",

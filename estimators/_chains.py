@@ -16,10 +16,11 @@ Private machinery shared by :mod:`slt_interp.estimators.llc_estimate` and :mod:`
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
@@ -28,7 +29,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 from torch.utils.data import DataLoader, Dataset
 
-from .sgld import localized_potential, mala_acceptance, sgld_step
+from . import _checkpoint
+from .samplers import MALAKernel, RMSPropSGLDKernel, SamplerState, SGLDKernel
+
+SAMPLERS = {"sgld": SGLDKernel, "mala": MALAKernel, "rmsprop": RMSPropSGLDKernel}
 
 ParamSelection = Union[None, Sequence[str], Mapping[str, Tensor]]
 
@@ -57,6 +61,10 @@ class _Problem:
     names: tuple[str, ...] = ()
     description: str = ""
     vectorised: bool = False  # batch_loss already maps (C, d) -> (C,) (potentials): no vmap needed
+    identity: Callable[[], dict] = dict  # lazily: content hashes and identities for checkpoint fingerprints
+    check: Callable[[], None] = lambda: None  # validates loss and data by a few evaluations (called before sampling)
+    batches: tuple = ()  # streamed data (:mod:`._streaming`): the list of batches, read once, on the host
+    chain_value_and_grad: Callable | None = None  # streamed data: (W (C, d), per-chain batches) -> (L (C,), ∇L (C, d))
 
     @property
     def num_sampled(self) -> int:
@@ -146,6 +154,9 @@ def _selection_mask(model: nn.Module, params: ParamSelection, flat_names, shapes
             if n not in named:
                 raise ValueError(f"params: unknown parameter {n!r}; the model has {sorted(named)}")
             chosen[n] = torch.ones(named[n].shape, dtype=torch.bool)
+    if params is None and not chosen:
+        raise ValueError("every parameter of the model has requires_grad=False, so there is nothing to sample; call "
+                         "requires_grad_(True) on the parameters to sample, or name them with params=[...]")
     parts = [chosen.get(n, torch.zeros(s, dtype=torch.bool)).reshape(-1) for n, s in zip(flat_names, shapes)]
     mask = torch.cat(parts)
     if not mask.any():
@@ -199,19 +210,87 @@ def model_problem(
         return {k: v.reshape(s) for k, v, s in zip(names, torch.split(w, sizes), shapes)}
 
     def loss_on(w: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
-        return loss_fn(functional_call(model, (unflatten(w), buffers), (xb,)), yb)
+        # eval mode (dropout off, batch-norm running statistics): the loss is a function of w, as the
+        # behavioral reference f(x; w*) is; the caller's mode is restored
+        was = model.training
+        if was:
+            model.eval()
+        try:
+            return loss_fn(functional_call(model, (unflatten(w), buffers), (xb,)), yb)
+        finally:
+            if was:
+                model.train(True)
 
     def full_loss(w: Tensor) -> Tensor:
         return loss_on(w, x, y)
 
-    return _Problem(loss_on, full_loss, w0, mask, n, True, (x, y), names, description)
+    def identity() -> dict:
+        return dict(data=_checkpoint.tensor_digest(x, y), w_star=_checkpoint.tensor_digest(w0),
+                    params=[list(names), _checkpoint.tensor_digest(mask)], loss=_checkpoint.callable_identity(loss_fn),
+                    model=f"{type(model).__module__}.{type(model).__qualname__}:" + hashlib.sha256(
+                        repr(model).encode()).hexdigest()[:16], num_samples=n, dim=int(w0.numel()))
+
+    return _Problem(loss_on, full_loss, w0, mask, n, True, (x, y), names, description, identity=identity,
+                    check=lambda: _probe(loss_on, w0, x, y))
+
+
+def _probe(loss_on: Callable[..., Tensor], w0: Tensor, x: Tensor, y: Tensor) -> None:
+    """Evaluate the loss once on a few rows and turn the usual mistakes into errors naming cause and fix:
+    a model that cannot take the inputs (integer inputs to a float model), a loss that is not a scalar,
+    is detached from the parameters, or sums over the batch instead of averaging."""
+    n = x.shape[0]
+    m = min(32, n // 2)
+    w = w0.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            value = loss_on(w, x[:m], y[:m])
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        text = str(e)
+        if not x.is_floating_point() and any(k in text for k in ("dtype", "Long", "Int", "expected scalar type", "Byte")):
+            raise TypeError(
+                f"the model cannot take the inputs: they have integer dtype {x.dtype} while the model computes in "
+                f"{w0.dtype} ({type(e).__name__}: {text[:160]}); convert the inputs with x.to({w0.dtype}) — integer "
+                "inputs suit only models that embed token ids") from e
+        raise ValueError(f"evaluating loss_fn(model(x), y) at w* failed ({type(e).__name__}: {text[:300]}); check that the "
+                         "model takes the inputs of `data` and loss_fn takes (prediction, target)") from e
+    if not isinstance(value, Tensor):
+        raise TypeError(f"loss_fn must return a torch scalar tensor (the mean loss over the batch), got "
+                        f"{type(value).__name__}; return a tensor built from the prediction (no .item() or float())")
+    if value.numel() != 1:
+        raise ValueError(f"loss_fn returned a tensor of shape {tuple(value.shape)}, not a scalar: it must return the MEAN "
+                         "loss over the batch; reduce it with .mean() (or reduction='mean' for torch losses)")
+    if not value.requires_grad:
+        raise ValueError(
+            "loss_fn's value does not depend on the parameters through autograd (it is detached: .detach(), "
+            ".item(), torch.no_grad() or numpy inside loss_fn or the model), so SGLD has no gradient to follow; "
+            "compute the loss with differentiable torch operations on the model's output")
+    if m < 2:
+        return
+    # sum or mean? For a loss summed over the batch L(A ∪ B) = L(A) + L(B); for a mean, (L(A) + L(B))/2.
+    # Probed at a point near w* where the loss is not zero (an interpolating w* has L = 0 on every batch).
+    g = torch.Generator(device="cpu").manual_seed(0)
+    wp = w0.detach() + 1e-2 * (w0.detach().abs() + 1e-2) * torch.randn(w0.shape, generator=g, dtype=w0.dtype).to(w0.device)
+    with torch.no_grad():
+        a, b, c = (float(loss_on(wp, x[s], y[s]).double()) for s in (slice(0, m), slice(m, 2 * m), slice(0, 2 * m)))
+    scale = abs(c)
+    if scale > 0 and math.isfinite(scale) and abs(c - (a + b)) <= 1e-4 * scale and abs(c - (a + b) / 2) > 1e-2 * scale:
+        raise ValueError(
+            "loss_fn sums over the batch instead of averaging (its value on 2m samples is the sum of its values on the "
+            "two halves): the estimators need the MEAN loss L_n = (1/n)·Σ ℓ_i. A summed loss is n times the mean, so "
+            "nβ·L is n times too steep — the chains diverge for any reasonable step size and λ̂ would be off by that "
+            "factor; divide by the batch size (use .mean(), or reduction='mean' for torch losses)")
 
 
 def potential_problem(fn: Callable[[Tensor], Tensor], dim: int, num_samples: int, *, dtype=torch.float64, device=None) -> _Problem:
     """The sampling problem L(w) = K(w) for a potential with its minimum K(0) = 0 (population loss)."""
     w0 = torch.zeros(dim, dtype=dtype, device=device)
 
-    return _Problem(fn, fn, w0, None, int(num_samples), False, (), ("w",), "potential", vectorised=True)
+    def identity() -> dict:
+        return dict(data=None, w_star=_checkpoint.tensor_digest(w0), params=None, loss=_checkpoint.callable_identity(fn),
+                    model=None, num_samples=int(num_samples), dim=int(dim))
+
+    return _Problem(fn, fn, w0, None, int(num_samples), False, (), ("w",), "potential", vectorised=True,
+                    identity=identity)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,6 +300,24 @@ def _chain_seeds(seed: int, num_chains: int) -> list[tuple[int, int]]:
     """Per chain (noise seed, batch seed), spawned from one seed."""
     children = np.random.SeedSequence(int(seed)).spawn(num_chains)
     return [tuple(int(v) for v in c.generate_state(2, dtype=np.uint32)) for c in children]
+
+
+class _BatchOrders:
+    """Streamed data: chain c walks its own permutation of the batch list, reshuffled every epoch."""
+
+    def __init__(self, seeds: Sequence[int], num_batches: int):
+        self.seeds, self.m = list(seeds), num_batches
+        self._epoch, self._perms = -1, []
+
+    def __call__(self, t: int) -> list[int]:
+        epoch, j = divmod(t, self.m)
+        if epoch != self._epoch:
+            self._perms = []
+            for s in self.seeds:
+                g = torch.Generator().manual_seed(int(np.random.SeedSequence([s, epoch, 1]).generate_state(1)[0]))
+                self._perms.append(torch.randperm(self.m, generator=g).tolist())
+            self._epoch = epoch
+        return [p[j] for p in self._perms]
 
 
 class _Batches:
@@ -244,14 +341,162 @@ class _Batches:
         return self._perms[:, j * self.b : (j + 1) * self.b]
 
 
-def _fingerprint(problem: _Problem, cfg: Mapping[str, Any]) -> dict:
-    keys = ("num_chains", "num_burnin", "step_size", "localization", "nbeta", "batch_size", "seed", "mala_every")
-    fp = {k: cfg[k] for k in keys}
-    fp["step_size"] = [float(v) for v in torch.as_tensor(cfg["step_size"]).reshape(-1)]
-    fp["dim"] = int(problem.w0.numel())
-    fp["w0_sum"] = float(problem.w0.double().sum())
-    fp["num_samples"] = problem.num_samples
-    return fp
+CHECKPOINT_SECONDS = 60.0  # default checkpoint interval (wall clock) when checkpoint_every is None
+_STATE_KEYS = ("steps_done", "losses", "dist2", "acceptance", "acceptance_steps", "w", "generators", "dead")
+
+
+class _ChainLoop:
+    """C chains of one sampler kernel (:mod:`slt_interp.estimators.samplers`) advanced together.
+
+    The loop owns what is not pure: the per-chain generators (noise ``ξ`` and Metropolis uniforms),
+    the per-chain batch orders, the traces (float64, on the host) and the divergence test. Each step
+    draws the batch of step t for every chain, the noise, and calls ``kernel.step`` once.
+    """
+
+    def __init__(self, problem: _Problem, *, num_chains: int, step_size: float | Tensor, localization: float,
+                 nbeta: float, batch_size: int, seed: int, mala_every: int, divergence_threshold: float,
+                 noise_scale: float = 1.0, sampler: str = "sgld", stop_on_divergence: bool = True):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+        self.problem, self.num_chains, self.nbeta = problem, num_chains, nbeta
+        self.mala = sampler == "mala"
+        if self.mala:
+            batch_size, mala_every = problem.num_samples, 1
+        self.batch_size, self.mala_every, self.seed = batch_size, mala_every, seed
+        self.divergence_threshold, self.stop_on_divergence = divergence_threshold, stop_on_divergence
+        w0 = problem.w0
+        self.dev, self.dtype, self.d = w0.device, w0.dtype, w0.numel()
+        seeds = _chain_seeds(seed, num_chains)
+        self.gens = [torch.Generator(device=self.dev).manual_seed(s[0]) for s in seeds]
+        self.streamed = problem.chain_value_and_grad is not None
+        if self.streamed and self.mala:
+            raise ValueError("sampler='mala' needs the full-data gradient at every step, which streamed batches "
+                             "(a DataLoader of dicts, a list of batches) do not give cheaply; use sampler='sgld' or "
+                             "'rmsprop', or pass the data as tensors (inputs, targets)")
+        self.full_batch = not self.streamed and ((not problem.has_data) or batch_size >= problem.num_samples)
+        if self.streamed:
+            self.batches = _BatchOrders([s[1] for s in seeds], len(problem.batches))
+        else:
+            self.batches = None if self.full_batch else _Batches([s[1] for s in seeds], problem.num_samples, batch_size,
+                                                                 self.dev)
+        self.step_size = step_size
+        eps = torch.as_tensor(step_size, dtype=self.dtype, device=self.dev)
+        nd = len(problem.data)
+        batched = problem.batch_loss if problem.vectorised else vmap(
+            problem.batch_loss, in_dims=(0,) + (None if self.full_batch else 0,) * nd)
+
+        def value_and_grad(W: Tensor, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+            # per-chain gradients as one vjp of the chain-vectorised loss (chains are independent, so the
+            # cotangent of ones gives each chain its own gradient); cheaper than vmap(grad(.)) per call
+            if self.streamed:
+                return problem.chain_value_and_grad(W, batch)
+            L, pullback = vjp(lambda w: batched(w, *batch), W)
+            return L.detach(), pullback(torch.ones_like(L))[0]
+
+        kernel_cls = SAMPLERS[sampler]
+        self.kernel = kernel_cls(value_and_grad, w0, eps, nbeta, localization, problem.mask, noise_scale)
+        with torch.no_grad():
+            self.baseline = float(problem.full_loss(w0).double()) if not problem.vectorised else float(
+                problem.full_loss(w0[None])[0].double())
+        if not math.isfinite(self.baseline):
+            raise ValueError("the loss at w* is NaN or inf: check the model, the data and loss_fn")
+        self.t = 0
+        self.state: SamplerState | None = None
+        self.w = w0.expand(num_chains, self.d).clone()
+        self._losses: list[Tensor] = []
+        self._dist2: list[Tensor] = []
+        self._acc: list[Tensor] = []
+        self._acc_steps: list[int] = []
+        self.dead = torch.zeros(num_chains, dtype=torch.bool)
+
+    # ---- traces -----------------------------------------------------------------------------
+    def _stack(self, rows: list[Tensor]) -> Tensor:
+        return torch.stack(rows, 1) if rows else torch.zeros(self.num_chains, 0, dtype=torch.float64)
+
+    @property
+    def losses(self) -> Tensor:
+        return self._stack(self._losses)
+
+    @property
+    def dist2(self) -> Tensor:
+        return self._stack(self._dist2)
+
+    def run_record(self, diverged: tuple[int, ...] = ()) -> _Run:
+        return _Run(self.losses, self.dist2, self._stack(self._acc), torch.tensor(self._acc_steps, dtype=torch.long),
+                    self.baseline, self.w.clone(), self.t,
+                    tuple(bool(x) or c in diverged for c, x in enumerate(self.dead.tolist())))
+
+    # ---- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        precond = self.state.precond if self.state is not None else None
+        return dict(steps_done=self.t, losses=self.losses, dist2=self.dist2, acceptance=self._stack(self._acc),
+                    acceptance_steps=torch.tensor(self._acc_steps, dtype=torch.long), w=self.w.detach().cpu(),
+                    generators=[g.get_state() for g in self.gens], dead=self.dead.clone(),
+                    precond=precond.detach().cpu() if precond is not None else torch.zeros(0))
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = int(state["steps_done"])
+        self._losses = list(state["losses"].unbind(1))
+        self._dist2 = list(state["dist2"].unbind(1))
+        self._acc = list(state["acceptance"].unbind(1))
+        self._acc_steps = [int(v) for v in state["acceptance_steps"]]
+        self.w = state["w"].to(device=self.dev, dtype=self.dtype)
+        precond = state.get("precond")
+        # rebuilt from w at the next step (MALA recomputes its full-batch gradient); RMSProp keeps its V
+        self.state = None if precond is None or precond.numel() == 0 else SamplerState(
+            self.w, precond=precond.to(device=self.dev, dtype=self.dtype))
+        for g, s in zip(self.gens, state["generators"]):
+            g.set_state(s)
+        self.dead = state["dead"].clone()
+
+    # ---- stepping ---------------------------------------------------------------------------
+    def _batch(self, t: int) -> tuple[Tensor, ...]:
+        if self.streamed:
+            return [self.problem.batches[j] for j in self.batches(t)]  # chain c's own batch (moved per use)
+        if self.full_batch:
+            return self.problem.data
+        rows = self.batches(t)  # (C, B) sample indices, gathered outside vmap
+        return tuple(d_[rows] for d_ in self.problem.data)
+
+    def advance(self, steps: int) -> tuple[int, tuple[int, ...], str] | None:
+        """Run ``steps`` steps; on a divergence stop before the step and return (t, chains, reason)."""
+        w0 = self.problem.w0
+        for _ in range(steps):
+            t = self.t
+            batch = self._batch(t)
+            if self.state is None:
+                self.state = self.kernel.init(self.w, batch)
+            monitor = self.mala_every > 0 and t % self.mala_every == 0
+            noise = torch.stack([torch.randn(self.d, generator=gc, device=self.dev, dtype=self.dtype) for gc in self.gens])
+            uniform = torch.stack([torch.rand((), generator=gc, device=self.dev, dtype=self.dtype)
+                                   for gc in self.gens]) if self.mala else None
+            new, info = self.kernel.step(self.state, batch, noise, uniform, monitor)
+            loss = info.loss.double().cpu()
+            excursion = self.nbeta * (loss - self.baseline)
+            bad = ~info.finite.cpu() | (excursion > self.divergence_threshold)
+            if not self.stop_on_divergence:
+                # pilots: a divergent chain is parked at w* and its later losses are recorded as NaN
+                self.dead |= bad
+                if bool(self.dead.any()):
+                    park = self.dead.to(self.dev)[:, None]
+                    new = SamplerState(torch.where(park, w0.expand_as(new.w), new.w).nan_to_num())
+                    loss = torch.where(self.dead, torch.full_like(loss, math.nan), loss)
+                bad = torch.zeros_like(bad)
+            if bool(bad.any()):
+                chains = tuple(int(c) for c in torch.nonzero(bad).reshape(-1))
+                c0 = chains[0]
+                reason = "NaN/inf loss or gradient" if not math.isfinite(float(excursion[c0])) else (
+                    f"runaway loss nβ·(L − L*) = {float(excursion[c0]):.3g} > {self.divergence_threshold:.3g}")
+                return t, chains, reason
+            self._losses.append(loss)
+            self._dist2.append(((self.w - w0) ** 2).sum(-1).double().cpu())
+            if monitor:
+                self._acc.append(info.acceptance.double().cpu())
+                self._acc_steps.append(t)
+            self.state = new
+            self.w = new.w
+            self.t = t + 1
+        return None
 
 
 def run_chains(
@@ -269,7 +514,7 @@ def run_chains(
     divergence_threshold: float,
     noise_scale: float = 1.0,
     checkpoint_path: str | os.PathLike | None = None,
-    checkpoint_every: int = 0,
+    checkpoint_every: int | None = None,
     resume: bool = False,
     on_divergence: Callable[[_Run, int, tuple[int, ...], str], None] | None = None,
     stop_on_divergence: bool = True,
@@ -277,151 +522,47 @@ def run_chains(
 ) -> _Run:
     """Run ``num_chains`` SGLD (or MALA) chains for ``num_burnin + num_draws`` steps from w*, all vectorised.
 
-    With ``sampler="mala"`` every step is accepted or rejected and the acceptance probability is
-    recorded at every step (``mala_every`` is ignored); the batch is always the full data set.
+    A small driver over :class:`_ChainLoop`: checkpoints every ``checkpoint_every`` steps (burn-in
+    included; None: every 60 s), at the end and before reporting a divergence; ``resume`` continues
+    from a matching checkpoint. With ``sampler="mala"`` every step is accepted or rejected and the
+    acceptance probability is recorded at every step; the batch is always the full data set.
     """
-    if sampler not in ("sgld", "mala"):
-        raise ValueError(f"sampler must be 'sgld' or 'mala', got {sampler!r}")
-    mala = sampler == "mala"
-    if mala:
-        batch_size, mala_every = problem.num_samples, 1
-    w0, mask = problem.w0, problem.mask
-    dev, dtype = w0.device, w0.dtype
-    d = w0.numel()
+    loop = _ChainLoop(problem, num_chains=num_chains, step_size=step_size, localization=localization, nbeta=nbeta,
+                      batch_size=batch_size, seed=seed, mala_every=mala_every, divergence_threshold=divergence_threshold,
+                      noise_scale=noise_scale, sampler=sampler, stop_on_divergence=stop_on_divergence)
     total = num_burnin + num_draws
     cfg = dict(num_chains=num_chains, num_burnin=num_burnin, step_size=step_size, localization=localization,
-               nbeta=nbeta, batch_size=batch_size, seed=seed, mala_every=mala_every)
-    seeds = _chain_seeds(seed, num_chains)
-    gens = [torch.Generator(device=dev).manual_seed(s[0]) for s in seeds]
-    full_batch = (not problem.has_data) or batch_size >= problem.num_samples
-    batches = None if full_batch else _Batches([s[1] for s in seeds], problem.num_samples, batch_size, dev)
-    eps = torch.as_tensor(step_size, dtype=dtype, device=dev)
-    eps_c = eps if eps.dim() == 0 else eps.reshape(-1, 1)
+               nbeta=nbeta, batch_size=loop.batch_size, seed=seed, mala_every=loop.mala_every, sampler=sampler,
+               noise_scale=noise_scale, divergence_threshold=divergence_threshold, dtype=str(loop.dtype),
+               device=loop.dev.type)
+    ckpt = _checkpoint.check_path(checkpoint_path) if checkpoint_path is not None else None
+    fp = _checkpoint.fingerprint(problem.identity(), cfg) if ckpt is not None else {}
+    if ckpt is not None and resume:
+        state = _checkpoint.load(ckpt, fp, _STATE_KEYS)
+        if state is not None:
+            if int(state["steps_done"]) > total:
+                raise ValueError(f"checkpoint {ckpt} already holds {int(state['steps_done'])} steps, more than "
+                                 f"num_burnin + num_draws = {total}; raise num_draws")
+            loop.load_state_dict(state)
 
-    nd = len(problem.data)
-    batched_loss = problem.batch_loss if problem.vectorised else vmap(problem.batch_loss, in_dims=(0,) + (None if full_batch else 0,) * nd)
+    def save() -> None:
+        if ckpt is not None:
+            _checkpoint.save(ckpt, fp, loop.state_dict())
 
-    def vg(W: Tensor, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-        # per-chain gradients as one vjp of the chain-vectorised loss (chains are independent, so the
-        # cotangent of ones gives each chain its own gradient); cheaper than vmap(grad(.)) per call
-        L, pullback = vjp(lambda w: batched_loss(w, *batch), W)
-        return pullback(torch.ones_like(L))[0], L.detach()
-
-    with torch.no_grad():
-        baseline = float(problem.full_loss(w0).double())
-    if not math.isfinite(baseline):
-        raise ValueError("the loss at w* is NaN or inf: check the model, the data and loss_fn")
-
-    losses = torch.full((num_chains, total), float("nan"), dtype=torch.float64)
-    dist2 = torch.full((num_chains, total), float("nan"), dtype=torch.float64)
-    monitored = list(range(0, total, mala_every)) if mala_every > 0 else []
-    acceptance = torch.full((num_chains, len(monitored)), float("nan"), dtype=torch.float64)
-    W = w0.expand(num_chains, d).clone()
-    start = 0
-
-    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-    fp = _fingerprint(problem, cfg)
-    if mala:
-        fp["sampler"] = sampler
-    if ckpt is not None and resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if state["fingerprint"] != fp:
-            diff = {k for k in fp if state["fingerprint"].get(k) != fp[k]}
-            raise ValueError(
-                f"checkpoint {ckpt} was written with different settings ({sorted(diff)}); resume with the "
-                "same settings (only num_draws may grow) or delete the file to start afresh"
-            )
-        start = int(state["steps_done"])
-        if start > total:
-            raise ValueError(f"checkpoint {ckpt} already holds {start} steps, more than num_burnin + num_draws = {total}")
-        losses[:, :start] = state["losses"][:, :start]
-        dist2[:, :start] = state["dist2"][:, :start]
-        k_done = sum(1 for s in monitored if s < start)
-        acceptance[:, :k_done] = state["acceptance"][:, :k_done]
-        W = state["w"].to(device=dev, dtype=dtype)
-        for g, s in zip(gens, state["generators"]):
-            g.set_state(s)
-
-    def save(steps_done: int) -> None:
-        if ckpt is None:
-            return
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_name(ckpt.name + ".tmp")
-        torch.save(dict(fingerprint=fp, steps_done=steps_done, losses=losses[:, :steps_done].clone(),
-                        dist2=dist2[:, :steps_done].clone(), acceptance=acceptance.clone(), w=W.detach().cpu(),
-                        generators=[g.get_state() for g in gens]), tmp)
-        os.replace(tmp, ckpt)
-
-    def partial(steps_done: int, bad: tuple[int, ...]) -> _Run:
-        k = sum(1 for s in monitored if s < steps_done)
-        return _Run(losses[:, :steps_done], dist2[:, :steps_done], acceptance[:, :k],
-                    torch.tensor(monitored[:k]), baseline, W.clone(), steps_done,
-                    tuple(c in bad for c in range(num_chains)))
-
-    k = sum(1 for s in monitored if s < start)
-    mask_b = mask if mask is not None else None
-    dead = torch.zeros(num_chains, dtype=torch.bool)
-    carried = None  # MALA: (∇L, L) at the current W from the previous step's accept/reject
-    for t in range(start, total):
-        if full_batch:
-            idx = problem.data
-        else:
-            rows = batches(t)  # (C, B) sample indices, gathered outside vmap
-            idx = tuple(d_[rows] for d_ in problem.data)
-        if carried is not None:
-            g, L = carried
-        else:
-            g, L = vg(W, idx)
-            if mask_b is not None:
-                g = g * mask_b
-        losses[:, t] = L.detach().double().cpu()
-        dist2[:, t] = ((W - w0) ** 2).sum(-1).double().cpu()
-        excursion = nbeta * (losses[:, t] - baseline)
-        bad = ~torch.isfinite(losses[:, t]) | (excursion > divergence_threshold) | ~torch.isfinite(g).all(-1).cpu()
-        if not stop_on_divergence:
-            # pilots: a divergent chain is parked at w* and its later losses are recorded as NaN
-            dead |= bad
-            losses[dead, t] = float("nan")
-            park = dead.to(dev)[:, None]
-            W = torch.where(park, w0.expand_as(W), W)
-            g = torch.where(park, torch.zeros_like(g), g).nan_to_num()
-            L = torch.where(park[:, 0], torch.zeros_like(L), L)
-            bad = torch.zeros_like(bad)
-        if bool(bad.any()):
-            chains = tuple(int(c) for c in torch.nonzero(bad).reshape(-1))
-            reason = "NaN/inf loss" if not torch.isfinite(losses[chains[0], t]) else (
-                f"runaway loss nβ·(L − L*) = {float(excursion[chains[0]]):.3g} > {divergence_threshold:.3g}")
-            save(t)
+    every = checkpoint_every if checkpoint_every else 50
+    last = time.monotonic()
+    while loop.t < total:
+        chunk = min(every - loop.t % every, total - loop.t)
+        div = loop.advance(chunk)
+        if div is not None:
+            save()
+            t, chains, reason = div
             if on_divergence is None:
                 raise SGLDDivergenceError(f"chain(s) {list(chains)} diverged at step {t}: {reason}", step=t, chains=chains)
-            on_divergence(partial(t, chains), t, chains, reason)
+            on_divergence(loop.run_record(chains), t, chains, reason)
             raise AssertionError("on_divergence must raise")  # pragma: no cover
-        noise = torch.stack([torch.randn(d, generator=gc, device=dev, dtype=dtype) for gc in gens])
-        if noise_scale != 1.0:
-            noise = noise * noise_scale
-        W_new = sgld_step(W, g, w_star=w0, step_size=eps, nbeta=nbeta, localization=localization, noise=noise, mask=mask_b)
-        if mala or (k < len(monitored) and monitored[k] == t):
-            g2, L2 = vg(W_new, idx)
-            if mask_b is not None:
-                g2 = g2 * mask_b
-            U = localized_potential(L, W, w0, nbeta, localization)
-            U2 = localized_potential(L2, W_new, w0, nbeta, localization)
-            gU = nbeta * g + localization * (W - w0)
-            gU2 = nbeta * g2 + localization * (W_new - w0)
-            alpha = mala_acceptance(W, W_new, U, gU, U2, gU2, eps, mask_b)
-            acceptance[:, k] = alpha.double().cpu()
-            k += 1
-            if mala:
-                # accept with probability α (non-finite proposals have α = 0: rejected, W stays finite)
-                u = torch.stack([torch.rand((), generator=gc, device=dev, dtype=dtype) for gc in gens])
-                accept = u < alpha
-                W_new = torch.where(accept[:, None], W_new, W)
-                carried = (torch.where(accept[:, None], g2, g).detach(), torch.where(accept, L2, L).detach())
-        W = W_new.detach()
-        done = t + 1
-        if ckpt is not None and checkpoint_every > 0 and done > num_burnin and (done - num_burnin) % checkpoint_every == 0:
-            save(done)
-    if ckpt is not None:
-        save(total)
-    return _Run(losses, dist2, acceptance, torch.tensor(monitored, dtype=torch.long), baseline, W, total,
-                tuple(bool(x) for x in dead))
+        if ckpt is not None and loop.t < total and (checkpoint_every or time.monotonic() - last > CHECKPOINT_SECONDS):
+            save()
+            last = time.monotonic()
+    save()
+    return loop.run_record()

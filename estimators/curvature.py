@@ -11,9 +11,12 @@
   loss (:func:`slt_interp.estimators.behavioral_loss`) at w* it equals the Hessian: (2/n)·Σ_x J_xᵀJ_x for the MSE
   version, the Fisher matrix for the KL version (Bushnaq et al. 2024, arXiv 2405.10927, §2.2).
 
-Operators work on the flat vector of :func:`slt_interp.estimators._flat.flatten` (parameters concatenated in
+Operators work on the flat vector of :func:`slt_interp.estimators.flatten` (parameters concatenated in
 the order of the params dict). Device and dtype follow the parameters. For a :class:`DataLoss`, products
-are summed over its batches, so data sets that do not fit one batch are handled exactly.
+are summed over its batches with weights n_b/n, so data sets that do not fit one batch are handled
+exactly; the DataLoss refuses what would make that wrong (a loss summed over the batch, a model with
+dropout or batch norm in train mode, NaN/inf data), and the operators check the loss value once at
+w* (a finite scalar that depends on the parameters).
 
 The design follows curvlinops (Dangel, Tatzel, Hennig et al., https://github.com/f-dangel/curvlinops).
 """
@@ -28,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
-from ._flat import FlatProblem, Params, _unflatten, flatten
+from .flat import FlatProblem, Params, check_loss_value, flatten, unflatten
 from .model_losses import DataLoss
 
 __all__ = ["CurvatureOperator", "HessianOperator", "GaussNewtonOperator"]
@@ -42,7 +45,6 @@ class CurvatureOperator:
     Subclasses implement ``_matmat(V)`` for ``V`` of shape (d, k) with the operator's dtype and device.
 
     Attributes:
-        shape: (d, d).
         dtype, device: those of the parameters.
         num_matvecs: matrix–vector products computed so far (a block of k columns counts k; the
             one-time probe of ``mode="auto"`` is not counted).
@@ -56,6 +58,7 @@ class CurvatureOperator:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(d, d)."""
         return (self.dim, self.dim)
 
     def _matmat(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -82,6 +85,13 @@ class CurvatureOperator:
 
     def to_dense(self, *, chunk_size: int = 128, max_dim: int = 20_000) -> Tensor:
         """The d×d matrix, built from products with blocks of ``chunk_size`` unit vectors (small d only).
+
+        Args:
+            chunk_size: unit vectors per block product.
+            max_dim: refuse larger operators.
+
+        Returns:
+            The dense matrix (the operator's dtype and device).
 
         Raises:
             ValueError: d > ``max_dim`` (the matrix would not fit in memory; use the matrix-free tools).
@@ -118,7 +128,11 @@ class CurvatureOperator:
         """Shared set-up of an operator of a loss at w* = ``params`` (validated and flattened)."""
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if not callable(loss):
+            raise TypeError(f"loss must be callable as loss(params) -> scalar, got {type(loss).__name__}")
         self.problem = flatten(loss, params)
+        # once, up front: a scalar, finite, differentiable loss (data were checked by DataLoss)
+        self.value = check_loss_value(self.problem)
         CurvatureOperator.__init__(self, self.problem.dim, self.problem.w0.dtype, self.problem.w0.device)
         self.loss = loss
         self.mode = mode
@@ -133,7 +147,7 @@ def _terms(loss: Callable, problem: FlatProblem) -> list[tuple[float, Callable[[
     terms = []
     for weight, batch in loss.batches():
         batch_fn = loss.on_batch(batch)
-        terms.append((weight, lambda w, f=batch_fn: f(_unflatten(w, names, shapes, is_dict))))
+        terms.append((weight, lambda w, f=batch_fn: f(unflatten(w, names, shapes, is_dict))))
     return terms
 
 
@@ -156,7 +170,11 @@ class HessianOperator(CurvatureOperator):
         chunk_size: columns per vmapped call (``None``: the whole block at once).
 
     Raises:
-        ValueError: unknown mode; invalid params (see :func:`slt_interp.estimators._flat.flatten`).
+        TypeError: ``loss`` not callable, non-floating params, or a loss value that is not a tensor or
+            does not depend on the parameters (detached; see :func:`slt_interp.estimators.flat.check_loss_value`).
+        ValueError: unknown mode; invalid params (see :func:`slt_interp.estimators.flatten`); a loss that
+            is not a finite scalar at w*. A :class:`DataLoss` has refused sum-reduced losses, random
+            (train-mode dropout) models and NaN/inf data when it was built.
 
     Example:
         >>> op = HessianOperator(lambda w: (w ** 2).sum() + w[0] * w[1], torch.zeros(2, dtype=torch.float64))
@@ -188,9 +206,14 @@ class HessianOperator(CurvatureOperator):
         return self._sum(V, self.mode)
 
     def _choose_mode(self, probe: Tensor) -> str:
-        """The faster exact mode on this model and device, from timing both twice on one column
-        (alternating, best of two, so that first-call overheads do not decide). These probe products
-        are not counted in ``num_matvecs``."""
+        """The faster exact mode on this model and device, from timing both twice on one column.
+
+        Alternating, best of two, so that first-call overheads do not decide. These probe products
+        are not counted in ``num_matvecs``.
+
+        Returns:
+            "forward" or "reverse".
+        """
         try:
             self._sum(probe, "forward")
         except (NotImplementedError, RuntimeError) as forward_error:
@@ -244,8 +267,9 @@ class GaussNewtonOperator(CurvatureOperator):
         chunk_size: columns per vmapped call.
 
     Raises:
-        TypeError: ``loss`` is not a DataLoss (the GGN needs the model outputs).
-        ValueError: unknown mode; invalid params.
+        TypeError: ``loss`` is not a DataLoss (the GGN needs the model outputs); a loss value that does
+            not depend on the parameters.
+        ValueError: unknown mode; invalid params; a loss that is not a finite scalar at w*.
     """
 
     def __init__(self, loss: DataLoss, params: Params, *, mode: str = "auto", chunk_size: int | None = None):
@@ -261,7 +285,7 @@ class GaussNewtonOperator(CurvatureOperator):
         inputs, *rest = batch
 
         def out_fn(w: Tensor) -> Tensor:
-            return self.loss.outputs(_unflatten(w, p.names, p.shapes, p.is_dict), inputs)
+            return self.loss.outputs(unflatten(w, p.names, p.shapes, p.is_dict), inputs)
 
         def out_loss(z: Tensor) -> Tensor:
             return self.loss.batch_loss(z, *rest)

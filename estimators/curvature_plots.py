@@ -76,14 +76,14 @@ def plot_rank_curve(curve: RankCurve, *, llc: float | None = None, ax=None, agai
     """
     if against not in ("threshold", "n"):
         raise ValueError(f"against must be 'threshold' or 'n', got {against!r}")
-    if against == "n" and curve.sample_sizes is None:
+    if against == "n" and curve.num_samples is None:
         raise ValueError("this curve has no sample sizes: build it with slt_interp.estimators.rank_curve_vs_n")
     ax = _axes(ax)
-    x = (curve.thresholds if against == "threshold" else curve.sample_sizes).numpy()
+    x = (curve.thresholds if against == "threshold" else curve.num_samples).numpy()
     lower = curve.lower.numpy()
     ax.step(x, lower, where="mid", label="lower = rank(τ)/2")
-    if bool((curve.stderr > 0).any()):
-        se = curve.stderr.numpy() / 2
+    if bool((curve.std_err > 0).any()):
+        se = curve.std_err.numpy() / 2
         ax.fill_between(x, lower - 2 * se, lower + 2 * se, alpha=0.25, step="mid", label="±2 SE (SLQ)")
     ax.axhline(curve.upper, color="tab:gray", ls=":", label="upper = d/2")
     ax.plot(x, curve.quadratic_llc.numpy(), color="tab:green", lw=1, label="½·Σ h/(h+τ) (quadratic target)")

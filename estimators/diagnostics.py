@@ -68,6 +68,12 @@ def effective_sample_size(draws: Tensor) -> Tensor:
     ESS = N / τ with τ = −1 + 2·Σ_{k} P_k, P_k = ρ_{2k} + ρ_{2k+1} summed while positive and made
     monotone. Capped at N·log10(N) as in Stan (antithetic chains can exceed N). A constant chain gets
     ESS = N (it carries no uncertainty to estimate).
+
+    Args:
+        draws: (C, N) or (N,) draws.
+
+    Returns:
+        The ESS of each chain, shape (C,), float64.
     """
     x = _as_chains(draws)
     rho = autocorrelation(x)
@@ -89,7 +95,14 @@ def effective_sample_size(draws: Tensor) -> Tensor:
 
 
 def split_rhat(draws: Tensor) -> float:
-    """Split R̂ of C chains of N draws (Gelman et al. BDA3 §11.4). 1.0 for constant chains."""
+    """Split R̂ of C chains of N draws (Gelman et al. BDA3 §11.4). 1.0 for constant chains.
+
+    Args:
+        draws: (C, N) or (N,) draws.
+
+    Returns:
+        R̂ = √(var⁺/W) over the 2C half-chains (inf when only the between-chain variance is non-zero).
+    """
     x = _as_chains(draws)
     half = x.shape[1] // 2
     halves = torch.cat([x[:, :half], x[:, half : 2 * half]], dim=0)
@@ -105,6 +118,9 @@ def split_rhat(draws: Tensor) -> float:
 
 def mean_std_err(draws: Tensor) -> tuple[float, float, Tensor, Tensor]:
     """Mean over all chains and its standard error accounting for autocorrelation.
+
+    Args:
+        draws: (C, N) or (N,) draws.
 
     Returns:
         (mean, std_err, per-chain means (C,), per-chain standard errors s_c/√ESS_c (C,)).
@@ -134,11 +150,16 @@ def geweke_z(draws: Tensor, first: float = 0.1, last: float = 0.5) -> tuple[floa
 
     Args:
         draws: (C, N) or (N,) draws after burn-in.
-        first, last: fractions of each chain forming the early and the late segment (disjoint).
+        first: fraction of each chain forming the early segment.
+        last: fraction forming the late segment (disjoint from the early one).
 
     Returns:
-        (pooled z, per-chain z of shape (C,)). z < 0: the chains still rise; z > 0: they still fall.
+        The pooled z and the per-chain z, shape (C,); z < 0 means the chains still rise, z > 0 that they
+        still fall.
         A segment with zero variance contributes zero variance (two constant, equal segments give z = 0).
+
+    Raises:
+        ValueError: fractions outside (0, 1) or overlapping, or fewer than 8 draws per chain.
     """
     x = _as_chains(draws)
     if not (0 < first < 1 and 0 < last < 1 and first + last <= 1):

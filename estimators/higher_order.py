@@ -17,24 +17,30 @@ With 1/ord ≤ lct ≤ dim/ord (Lin 2011, arXiv 1103.2407; Saito 2007):
 The upper bound r/2 + k/4 holds at every local minimum (the cubic vanishes on the null space there),
 compare Bushnaq's LessWrong post on Hessian-rank LLC bounds (August 2024; not peer reviewed).
 
-What is certified and what is observed (see :class:`QuarticAnalysis`):
+What is certified and what is observed (see :class:`QuarticAnalysis`). A certificate must not depend
+on the units of w: under w ↦ c·w every order-4 quantity (T₄[v⁴]/24, b(v)ᵀH⁺b(v)/8, g₄) scales by c⁴,
+so every test compares g₄ only with those terms, never with λ_max(H) (which scales by c²).
 
 * Small null spaces (at most ``max_monomials`` quartic monomials): g₄(Nx) is a quartic form in
   x ∈ R^k; its coefficients are recovered by least squares from evaluations at random points (exact up
-  to rounding, the fit residual is reported). "Zero" is certified when Σ|c_α| ≤ atol (a bound on
-  |g₄| over the whole unit sphere); "positive definite" is certified by a sum-of-squares Gram matrix
-  (q = m(x)ᵀQm(x) with ‖m(x)‖² = ‖x‖⁴, so g₄ ≥ λ_min(Q) − rounding on the sphere; Parrilo 2003) or,
-  failing that, by interval branch-and-bound on the faces of the cube (q(x) − atol·‖x‖⁴ > 0 on every
-  face); "not positive definite" and "not zero" are certified by witness directions.
+  to rounding, the fit residual is reported). "Positive definite" is certified by a sum-of-squares
+  Gram matrix (q = m(x)ᵀQm(x) with ‖m(x)‖² = ‖x‖⁴, so g₄ ≥ λ_min(Q) − rounding on the sphere;
+  Parrilo 2003) or, failing that, by interval branch-and-bound on the faces of the cube
+  (q(x) − atol·‖x‖⁴ > 0 on every face); "not positive definite" and "not zero" are certified by
+  witness directions whose |g₄| exceeds the margin atol.
 * Large null spaces: g₄ is minimised on the unit sphere of the null space with seeded restarts (exact
-  line search in 2-planes). A witness with |g₄| > atol certifies g₄ ≢ 0; positive definiteness and
-  g₄ ≡ 0 are only observed, and the returned bounds do not rely on them.
+  line search in 2-planes). A witness with |g₄| > atol certifies g₄ ≢ 0; positive definiteness is only
+  observed, and the returned bounds do not rely on it.
+* "Zero" (g₄ ≡ 0) is never certified: floating-point evaluations cannot prove that a quartic vanishes,
+  and a tolerance test is not a proof (1e-7·b⁴ next to a² is not zero). It is reported in ``observed``
+  with the order-6 bound r/2 + k/6 it would imply; the certified bounds stay r/2 ≤ λ ≤ r/2 + k/4.
 
-The tolerance: atol = rtol·s with s = max(λ_max(H), max |T₄[v⁴]|/24, max b(v)ᵀH⁺b(v)/8) over the unit
-null directions evaluated, i.e. quartic coefficients are compared with the largest Hessian eigenvalue
-in the user's parameter coordinates. The null space itself is numerical (eigenvalues ≤ the rank
-threshold τ count as zero): an eigenvalue h ≤ τ that is not exactly zero still dominates g₄ at
-distances |v| ≲ (h/g₄)^{1/2}, so the order-4 statements describe the loss at scales above that.
+The margin: atol = rtol·s with s = max(max |T₄[v⁴]|/24, max b(v)ᵀH⁺b(v)/8) over the unit null
+directions evaluated — g₄ is the difference of these two terms, so its rounding error is a small
+multiple of ε·s, far below rtol = 1e-6 (float64) or 1e-2 (lower precision). The null space itself
+is numerical (eigenvalues ≤ the rank threshold τ count as zero): an eigenvalue h ≤ τ that is not
+exactly zero still dominates g₄ at distances |v| ≲ (h/g₄)^{1/2}, so the order-4 statements describe
+the loss at scales above that.
 """
 from __future__ import annotations
 
@@ -49,8 +55,8 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
-from ._flat import FlatProblem
-from .llc_bounds import LLCBounds
+from .flat import FlatProblem
+from .llc_bounds_result import LLCBounds
 from .taylor import TaylorMode
 
 __all__ = ["QuarticAnalysis", "analyze_quartic", "sharpen_bounds"]
@@ -65,13 +71,17 @@ class QuarticAnalysis:
     Attributes:
         classification: "positive definite", "degenerate" (≢ 0, not positive definite), "zero", or
             "indefinite" (g₄ or the cubic takes negative values: w* is not a minimum at this order).
-        certified: True when the classification is proven (within ``atol``), False when it rests on
-            sampling / numerical minimisation.
+        proven: True when the classification is proven by a scale-free test with a margin (a witness
+            direction, or a sum-of-squares / interval certificate on the fitted quartic), False when it
+            rests on sampling, numerical minimisation or a tolerance. "zero" is never proven (module
+            docstring).
         rank, nullity: r and k.
         minimum: the smallest g₄ found on the unit sphere (observed).
         maximum_abs: the largest |g₄| found on the unit sphere (observed).
-        certified_lower: a proven lower bound on g₄ over the unit sphere (branch-and-bound), or None.
-        atol, rtol, scale: the tolerance atol = rtol·scale (see the module docstring).
+        proven_lower: a proven lower bound on g₄ over the unit sphere (sum of squares or
+            branch-and-bound), or None.
+        atol, rtol, scale: the tolerance atol = rtol·scale, with scale the largest order-4 term met
+            (see the module docstring).
         cubic_max: the largest |T₃[v, v, v]| found on unit null directions (≈ 0 at a minimum).
         fit_residual: max |g₄ − fitted quartic| over the evaluations (coefficient method), else None.
         method: "coefficients" (small k) or "sphere search" (large k).
@@ -80,16 +90,17 @@ class QuarticAnalysis:
         minimizer: a unit null vector (in R^d) where ``minimum`` was found.
         exponents, coefficients: the monomials x^α and their coefficients in the null basis
             (coefficient method only).
-        certified_statements, observed_statements: what was proven and what was seen.
+        certified: statements that are proven.
+        observed: statements that rest on sampling or on a tolerance.
     """
 
     classification: str
-    certified: bool
+    proven: bool
     rank: int
     nullity: int
     minimum: float
     maximum_abs: float
-    certified_lower: float | None
+    proven_lower: float | None
     atol: float
     rtol: float
     scale: float
@@ -101,8 +112,8 @@ class QuarticAnalysis:
     minimizer: Tensor | None = field(default=None, repr=False, compare=False)
     exponents: tuple[tuple[int, ...], ...] | None = field(default=None, repr=False)
     coefficients: Tensor | None = field(default=None, repr=False, compare=False)
-    certified_statements: tuple[str, ...] = ()
-    observed_statements: tuple[str, ...] = ()
+    certified: tuple[str, ...] = ()
+    observed: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +132,7 @@ class _NullQuartic:
         b = self.U.T @ t3  # coordinates of P_range T₃[·, v, v] in the eigenbasis of the range
         corr = (b ** 2 / self.lam).sum()
         cubic = t3 @ v  # T₃[v, v, v]
-        return t4 / 24 - corr / 8, t4 / 24, corr / 8, cubic
+        return t4 / 24 - corr / 8, t4 / 24, corr / 8, cubic, t3.norm()
 
     def parts(self, Z: Tensor):
         self.count += Z.shape[0]
@@ -197,6 +208,9 @@ def _sphere_minimise(
     θ ↦ q(cos θ·z + sin θ·y) from 5 values and moves to its minimiser (θ = 0 is among the
     candidates, so the value never increases). Stops early once some value is below ``stop_below``,
     or when no value moved by more than max(1e-12·scale, ``abs_tol``) in a step.
+
+    Returns:
+        (end points, their values of q).
     """
     angles = np.arange(5) * (np.pi / 5)
     basis_inv = np.linalg.inv(_trig_basis(angles))  # (5, 5)
@@ -246,8 +260,10 @@ def _certify_positive(E: np.ndarray, c: np.ndarray, margin: float, max_boxes: in
 
     By homogeneity and q(−x) = q(x) it suffices to prove it on the k faces x_i = 1 of the cube
     [−1, 1]^k. Each face is covered by boxes; on a box, interval arithmetic on every monomial gives a
-    lower bound; boxes whose bound is not positive are bisected along their widest side. Returns
-    (proved, a proven lower bound of q on the unit sphere or nan, boxes processed).
+    lower bound; boxes whose bound is not positive are bisected along their widest side.
+
+    Returns:
+        (proved, a proven lower bound of q on the unit sphere or nan, boxes processed).
     """
     k = E.shape[1]
     # subtract margin·(Σ x_i²)² = margin·Σ_{|β|=2} (2; β) x^{2β}
@@ -308,7 +324,10 @@ def _certify_sos(E: np.ndarray, c: np.ndarray, margin: float, maxiter: int = 400
     gives q(u) ≥ λ_min(Q) on the unit sphere (Parrilo 2003, Math. Program. 96; Choi, Lam & Reznick 1995).
     The Gram matrices form an affine space; λ_min is maximised over it by L-BFGS on a soft minimum of
     the eigenvalues. The identity holds up to the rounding residual ρ = q − mᵀQm, bounded on the sphere
-    by Σ_α |ρ_α| (as |u^α| ≤ 1), so the proven bound is λ_min(Q) − Σ|ρ_α|. Returns (proved, bound).
+    by Σ_α |ρ_α| (as |u^α| ≤ 1), so the proven bound is λ_min(Q) − Σ|ρ_α|.
+
+    Returns:
+        (proved, bound).
     """
     from scipy.optimize import minimize
 
@@ -413,16 +432,19 @@ def analyze_quartic(
     """Classify g₄(v) = T₄[v⁴]/24 − b(v)ᵀH⁺b(v)/8 on the unit sphere of null(H) (module docstring).
 
     Args:
-        problem: the flat loss (:func:`slt_interp.estimators._flat.flatten`); ``problem.w0`` is w*.
+        problem: the flat loss (:func:`slt_interp.estimators.flatten`); ``problem.w0`` is w*.
         rank: r, the number of Hessian eigenvalues counted as non-zero.
-        eigenvalues, eigenvectors: the dense eigendecomposition of H at w* (ascending, eigenvectors as
-            columns); the top ``rank`` pairs span the range, the others the null space.
+        eigenvalues: the eigenvalues of the dense H at w*, ascending; the top ``rank`` count as the
+            range, the others as the null space.
+        eigenvectors: the matching eigenvectors, as columns.
         hvp: v ↦ Hv, used when no dense decomposition is given (top-``rank`` eigenpairs by Lanczos,
             null space = their orthogonal complement, sphere search only).
         generator: seeds the evaluation points and the restarts (default: seed 0).
-        rtol: relative tolerance (default 1e-6 in float64, 1e-2 otherwise).
+        rtol: the margin relative to the largest order-4 term, atol = rtol·max(|T₄[v⁴]|/24,
+            b(v)ᵀH⁺b(v)/8) (default 1e-6 in float64, 1e-2 otherwise); independent of the units of w.
         max_monomials: use the coefficient method when C(k + 3, 4) ≤ this.
-        restarts, steps: sphere search settings.
+        restarts: sphere-search restarts.
+        steps: sphere-search steps per restart.
         max_boxes: budget of the branch-and-bound positivity certificate.
         max_rank: largest rank handled matrix-free.
         threshold: the rank threshold τ; bounds the null-space eigenvalues in the matrix-free case (the
@@ -437,9 +459,10 @@ def analyze_quartic(
     Raises:
         ValueError: inconsistent rank / decomposition, neither a decomposition nor an hvp, or a
             matrix-free rank above ``max_rank``.
+        FloatingPointError: g₄ evaluates to NaN or inf (the loss is not smooth at w*).
 
     Example:
-        >>> from slt_interp.estimators._flat import flatten
+        >>> from slt_interp.estimators.flat import flatten
         >>> p = flatten(lambda w: w[0] ** 2 + w[1] ** 4, torch.zeros(2, dtype=torch.float64))
         >>> H = torch.func.hessian(p.fn)(p.w0); ev, U = torch.linalg.eigh(H)
         >>> analyze_quartic(p, rank=1, eigenvalues=ev, eigenvectors=U).classification
@@ -499,7 +522,7 @@ def analyze_quartic(
     if k == 0:
         return QuarticAnalysis(
             "positive definite", True, rank, 0, float("inf"), 0.0, None, 0.0, rtol, lam_max, 0.0, None,
-            "none", 0, 0, certified_statements=("the Hessian has full rank: no null space, λ = d/2",),
+            "none", 0, 0, certified=("the Hessian has full rank: no null space, λ = d/2",),
         )
 
     q = _NullQuartic(tm, null_map, U, lam)
@@ -514,22 +537,26 @@ def analyze_quartic(
 
     n_samples = 2 * num_monomials + 8 if use_coefficients else max(4 * restarts, 32)
     Z0 = unit(n_samples)
-    g4, quart, corr, cubic = q.parts(Z0)
-    if not all(bool(torch.isfinite(t).all()) for t in (g4, quart, corr, cubic)):
+    g4, quart, corr, cubic, t3_norm = q.parts(Z0)
+    if not all(bool(torch.isfinite(t).all()) for t in (g4, quart, corr, cubic, t3_norm)):
         raise FloatingPointError(
             "g₄ evaluated to NaN or inf on the null space: the loss is not smooth at w* along these directions "
             "(e.g. a power with a fractional exponent at 0); check the loss, or use TaylorMode(method='nested')"
         )
-    scale = max(lam_max, float(quart.abs().max()), float(corr.abs().max()))
+    # Order-4 quantities only: under w ↦ c·w the terms T₄[v⁴]/24 and b(v)ᵀH⁺b(v)/8 both scale by c⁴,
+    # so comparing g₄ (their difference) with them is independent of the units of w. Comparing with
+    # λ_max(H) (which scales by c²) is not: it declared 1e-7·b⁴ "zero" next to a².
+    scale = max(float(quart.abs().max()), float(corr.abs().max()))
     atol = rtol * scale
     cubic_max = float(cubic.abs().max())
-    cubic_tol = atol + math.sqrt(3.0 * h_null * 24.0 * float(quart.abs().max()))
+    # the cubic T₃[v³] (∝ c³) against the rounding of T₃[·, v, v] (∝ c³) and √(h·T₄) (∝ c³)
+    cubic_tol = rtol * float(t3_norm.max()) + math.sqrt(3.0 * max(h_null, 0.0) * 24.0 * float(quart.abs().max()))
     certified_st, observed_st = [], []
     if N is None:
         observed_st.append(lanczos_note)
     fit_residual = None
     exps = coefs = None
-    certified_lower = None
+    proven_lower = None
 
     if use_coefficients:
         E = torch.tensor(_exponents(k), dtype=dtype, device=device)
@@ -565,35 +592,37 @@ def analyze_quartic(
     tol_text = f"atol = {atol:.3g} (rtol {rtol:g} × scale {scale:.3g})"
 
     if cubic_max > cubic_tol:
-        classification, certified = "indefinite", True
+        classification, proven = "indefinite", True
         certified_st.append(
-            f"the cubic T₃[v, v, v] on the null space is non-zero (max |·| = {cubic_max:.3g} > {cubic_tol:.3g} = atol + "
+            f"the cubic T₃[v, v, v] on the null space is non-zero (max |·| = {cubic_max:.3g} > {cubic_tol:.3g} = rtol·‖T₃[·, v, v]‖ + "
             f"√(3·h·max T₄[v⁴]) with null eigenvalues |h| ≤ {h_null:.3g}): w* is not a minimum along the numerical "
             "null space at this threshold (or the threshold counts non-negligible eigenvalues as zero); the order-4 "
             "bounds are not applied"
         )
     elif minimum < -atol:
-        classification, certified = "indefinite", True
+        classification, proven = "indefinite", True
         certified_st.append(
             f"g₄ < 0 at a null direction (g₄ = {minimum:.3g} < −{tol_text}): on an exact null space w* would not be a "
             f"local minimum; with null-space eigenvalues up to {h_null:.3g} it can also mean that the threshold counts "
             "non-negligible eigenvalues as zero. Either way the order-4 bounds are not applied"
         )
     elif use_coefficients and float(coefs.abs().sum()) <= atol:
-        classification, certified = "zero", fit_residual <= atol
-        (certified_st if certified else observed_st).append(
+        # a tolerance test, not a proof: a g₄ of 1e-7·b⁴ next to a² is not zero (issue 11, item 7)
+        classification, proven = "zero", False
+        observed_st.append(
             f"g₄ ≡ 0 within {tol_text}: Σ|coefficients| = {float(coefs.abs().sum()):.3g} bounds |g₄| on the "
-            f"unit sphere (quartic fitted to {n_samples} evaluations, residual {fit_residual:.2g})"
+            f"unit sphere (quartic fitted to {n_samples} evaluations, residual {fit_residual:.2g}); observed, "
+            "not proven: floating-point evaluation cannot prove a quartic to be exactly zero"
         )
     elif maximum_abs <= atol:
-        classification, certified = "zero", False
+        classification, proven = "zero", False
         observed_st.append(
             f"|g₄| ≤ {tol_text} on every evaluated unit null direction ({q.count} evaluations incl. a maximisation): "
             "g₄ ≡ 0 is observed, not proven"
         )
     elif minimum > atol:
         classification = "positive definite"
-        certified = False
+        proven = False
         if use_coefficients and fit_residual <= atol:
             E_np, c_np = np.array(exps), coefs.detach().cpu().numpy()
             ok, bound = _certify_sos(E_np, c_np, atol)
@@ -602,19 +631,19 @@ def analyze_quartic(
                 ok, bound, boxes = _certify_positive(E_np, c_np, atol, max_boxes)
                 how = f"interval branch-and-bound ({boxes} boxes)"
             if ok:
-                certified, certified_lower = True, bound
+                proven, proven_lower = True, bound
                 certified_st.append(
                     f"g₄ ≥ {bound:.3g} > {tol_text} on the unit sphere of the null space: {how} on the fitted "
                     f"quartic (fit residual {fit_residual:.2g} over {n_samples} evaluations)"
                 )
-        if not certified:
+        if not proven:
             observed_st.append(
                 f"g₄ appears positive definite on the null space: min over {n_restarts} restarts = {minimum:.3g} "
                 f"> {tol_text} (not proven; would give λ = r/2 + k/4 exactly)"
             )
         certified_st.append(f"g₄ ≢ 0: a unit null direction has g₄ = {minimum:.3g} > {tol_text}")
     else:
-        classification, certified = "degenerate", True
+        classification, proven = "degenerate", True
         certified_st.append(
             f"g₄ ≢ 0 (a unit null direction has |g₄| = {maximum_abs:.3g} > {tol_text}) and g₄ is not positive "
             f"definite beyond the tolerance (a unit null direction has g₄ = {minimum:.3g} ≤ atol)"
@@ -633,12 +662,12 @@ def analyze_quartic(
         )
 
     return QuarticAnalysis(
-        classification=classification, certified=certified, rank=rank, nullity=k, minimum=minimum,
-        maximum_abs=maximum_abs, certified_lower=certified_lower, atol=atol, rtol=rtol, scale=scale,
+        classification=classification, proven=proven, rank=rank, nullity=k, minimum=minimum,
+        maximum_abs=maximum_abs, proven_lower=proven_lower, atol=atol, rtol=rtol, scale=scale,
         cubic_max=cubic_max, fit_residual=fit_residual,
         method="coefficients" if use_coefficients else "sphere search", num_evaluations=q.count,
         restarts=n_restarts, minimizer=minimizer, exponents=exps, coefficients=coefs,
-        certified_statements=tuple(certified_st), observed_statements=tuple(observed_st),
+        certified=tuple(certified_st), observed=tuple(observed_st),
     )
 
 
@@ -657,17 +686,30 @@ def sharpen_bounds(
     With r = base.rank, k = base.nullity:
     g₄ positive definite (certified) → λ = r/2 + k/4, ``exact`` (m = 1);
     g₄ ≢ 0 (certified by a witness) → r/2 + 1/4 ≤ λ ≤ r/2 + k/4;
-    g₄ ≡ 0 within atol (certified by the coefficients) → r/2 ≤ λ ≤ r/2 + k/6;
-    g₄ ≡ 0 only observed → r/2 ≤ λ ≤ r/2 + k/4 (the k/6 bound is listed in ``observed``);
+    g₄ ≡ 0 (never proven, module docstring) → r/2 ≤ λ ≤ r/2 + k/4 (the k/6 bound is listed in
+    ``observed``);
     indefinite (w* not a minimum along the null space), or ``base.is_minimum`` False → ``base``'s bounds.
     ``lower``/``upper`` only ever hold certified bounds (intersected with ``base``'s); statements that
     rest on sampling go to ``observed``. When the rank itself was estimated stochastically
     (``base.rank_ci`` set, e.g. SLQ) every bound is conditional on it: the bound statements go to
     ``observed`` and ``exact`` stays False. ``options`` go to :func:`analyze_quartic`.
 
+    Args:
+        base: the order-2 bounds (from :func:`slt_interp.estimators.llc_bounds`).
+        problem: the flat loss whose Hessian ``base`` describes.
+        eigenvalues: the dense Hessian eigenvalues (ascending), if computed.
+        eigenvectors: the matching eigenvectors as columns.
+        hvp: v ↦ Hv, for the matrix-free path.
+        generator: seeds the evaluation points.
+        **options: passed to :func:`analyze_quartic`.
+
     Returns:
         A new :class:`LLCBounds` with ``order=4`` and ``quartic`` set. The full analysis is attached as
         ``certified``/``observed`` statements; call :func:`analyze_quartic` for the numbers.
+
+    Raises:
+        TypeError: ``base`` is not an :class:`LLCBounds`.
+        ValueError: ``base`` and ``problem`` have different dimensions.
     """
     if not isinstance(base, LLCBounds):
         raise TypeError(f"base must be an LLCBounds (the order-2 result), got {type(base).__name__}")
@@ -682,13 +724,24 @@ def sharpen_bounds(
 
 
 def bounds_from_quartic(base: LLCBounds, qa: QuarticAnalysis) -> LLCBounds:
-    """Combine order-2 bounds with a :class:`QuarticAnalysis` (see :func:`sharpen_bounds`)."""
+    """Combine order-2 bounds with a :class:`QuarticAnalysis` (see :func:`sharpen_bounds`).
+
+    Args:
+        base: the order-2 bounds.
+        qa: the order-4 analysis at the same rank.
+
+    Returns:
+        The order-4 :class:`LLCBounds`.
+
+    Raises:
+        ValueError: ``qa`` used another rank than ``base``, or the bounds would contradict each other.
+    """
     r, k = base.rank, base.nullity
     if (qa.rank, qa.nullity) != (r, k):
         raise ValueError(f"the quartic analysis used rank {qa.rank} / nullity {qa.nullity}, the bounds rank {r} / nullity {k}")
     half = Fraction(r, 2)
-    certified = list(base.certified) + list(qa.certified_statements)
-    observed = list(base.observed) + list(qa.observed_statements)
+    certified = list(base.certified) + list(qa.certified)
+    observed = list(base.observed) + list(qa.observed)
     stochastic_rank = base.rank_ci is not None
     # with a sampled rank (SLQ) every bound on λ is conditional on it: it goes to ``observed``
     bound_statements = observed if stochastic_rank else certified
@@ -699,18 +752,18 @@ def bounds_from_quartic(base: LLCBounds, qa: QuarticAnalysis) -> LLCBounds:
         lower = upper = half
         exact = base.exact
         cls = None
-    elif cls == "positive definite" and qa.certified:
+    elif cls == "positive definite" and qa.proven:
         lower = upper = half + Fraction(k, 4)
         exact = True
         bound_statements.append(prefix + f"λ = r/2 + k/4 = {lower} exactly, m = 1 (g₄ positive definite on the null space)")
     elif cls in ("positive definite", "degenerate"):
         lower, upper = half + Fraction(1, 4), half + Fraction(k, 4)
         bound_statements.append(prefix + f"order 4 on the null space: r/2 + 1/4 ≤ λ ≤ r/2 + k/4, i.e. [{lower}, {upper}]")
-    elif cls == "zero" and qa.certified:
-        lower, upper = half, half + Fraction(k, 6)
-        bound_statements.append(prefix + f"g₄ ≡ 0 within tolerance ⇒ order ≥ 6: r/2 ≤ λ ≤ r/2 + k/6, i.e. [{lower}, {upper}]")
-    elif cls == "zero":
+    elif cls == "zero":  # never proven (module docstring): only the order-≥ 4 bounds are certain
         lower, upper = half, half + Fraction(k, 4)
+        bound_statements.append(
+            prefix + f"at a minimum the null-space part g has order ≥ 4: r/2 ≤ λ ≤ r/2 + k/4, i.e. [{lower}, {upper}]"
+        )
         observed.append(f"if g₄ ≡ 0 (observed only), λ ≤ r/2 + k/6 = {half + Fraction(k, 6)}")
     else:  # indefinite: the order-4 theory of a minimum does not apply
         lower, upper = base.lower, base.upper

@@ -45,8 +45,10 @@ class _LanczosRuns:
         return self.Q[:, : (self.steps if num_steps is None else num_steps)]
 
     def extend(self, num_steps: int) -> None:
-        """Advance every run to ``num_steps`` steps (at most d; a run whose Krylov space became invariant
-        stops with β = 0, which leaves its quadrature exact)."""
+        """Advance every run to ``num_steps`` steps (at most d).
+
+        A run whose Krylov space became invariant stops with β = 0, which leaves its quadrature exact.
+        """
         num_steps = min(int(num_steps), self.op.dim)
         eps = torch.finfo(self.op.dtype).eps
         tiny = torch.finfo(self.op.dtype).tiny

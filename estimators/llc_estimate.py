@@ -48,18 +48,27 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
 
-from ._chains import ParamSelection, SGLDDivergenceError, _Problem, _Run, materialize, model_problem, potential_problem, run_chains
+from . import _checkpoint
+from ._adaptive import ConvergenceTargets, drive
+from ._chains import ParamSelection, SGLDDivergenceError, _ChainLoop, _Problem, _Run, materialize, potential_problem
+from ._minimum_check import below_baseline_message, gradient_at_centre, report, slope_message
+from ._setup import RunSettings, _check_positive_int, _prepare, _settings, run_settings
+from ._threads import choose_num_threads, intra_op_threads
 from .calibration import StepSizeCalibration, _calibrate
 from .diagnostics import effective_sample_size, geweke_z, mean_std_err, split_rhat
 from .losses import behavioral_kl, behavioral_mse
+from .model_losses import reference_outputs
 
 __all__ = [
+    "ConvergenceTargets",
+    "LLCConvergenceWarning",
     "SGLDSettings",
     "LLCDiagnostics",
     "LLCEstimate",
@@ -70,13 +79,42 @@ __all__ = [
 ]
 
 
+class LLCConvergenceWarning(UserWarning):
+    """An LLC estimate that did not converge, or whose diagnostics flag a problem.
+
+    Raised as a warning when the chains miss a convergence target, or R̂, ESS, acceptance,
+    non-stationarity or a step-size back-off flag a problem; the text names the fix.
+    """
+
+
 @dataclass(frozen=True)
 class SGLDSettings:
     """The settings an estimate was made with (units in the names).
 
-    ``step_size`` is ε in parameter units² per step; ``nbeta`` = nβ; ``num_samples`` = n;
-    ``num_sampled_params`` the number of coordinates that moved (weight refinement);
-    ``mala_every``: the MALA acceptance was measured every that many steps (one extra gradient then).
+    Attributes:
+        num_chains: chains in the estimate.
+        num_draws: draws per chain after burn-in (the length the run ended with).
+        num_burnin: burn-in steps per chain (the length the run ended with).
+        step_size: ε in parameter units² per step (the final one, after any back-off).
+        localization: γ.
+        nbeta: nβ.
+        num_samples: n.
+        batch_size: samples per gradient.
+        seed: the one seed of all chains.
+        num_sampled_params: the number of coordinates that moved (weight refinement).
+        mala_every: the MALA acceptance was measured every that many steps (one extra gradient then).
+        divergence_threshold: the runaway bound on nβ·(L − L*).
+        device: where the chains ran.
+        dtype: the parameters' dtype.
+        loss: what was estimated, in words.
+        sampler: "sgld", "mala" or "rmsprop".
+        num_threads: the torch intra-op threads used.
+        adaptive_burnin: whether the burn-in length was chosen by ``targets``.
+        adaptive_draws: whether the number of draws was chosen by ``targets``.
+        targets: the :class:`ConvergenceTargets` in force.
+        initial_step_size: the step before any back-off.
+        steps_total: all steps per chain, back-offs included.
+        requested: the frozen ``RunSettings`` (validated before the run) the run was made from.
     """
 
     num_chains: int
@@ -95,6 +133,13 @@ class SGLDSettings:
     dtype: str
     loss: str
     sampler: str = "sgld"
+    num_threads: int = 1
+    adaptive_burnin: bool = False
+    adaptive_draws: bool = False
+    targets: ConvergenceTargets | None = None
+    initial_step_size: float = math.nan
+    steps_total: int = 0
+    requested: RunSettings | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -145,6 +190,9 @@ class LLCEstimate:
         diagnostics: :class:`LLCDiagnostics`.
         settings: :class:`SGLDSettings`.
         calibration: the :class:`StepSizeCalibration` when the step size was calibrated, else None.
+        converged: whether every convergence target was met (else the unmet ones are the first
+            warning, printed by ``repr``/``str``).
+        step_size_backoffs: (step, old ε, new ε, reason) for each back-off of a calibrated step.
     """
 
     mean: float
@@ -157,6 +205,8 @@ class LLCEstimate:
     diagnostics: LLCDiagnostics = field(repr=False)
     settings: SGLDSettings = field(repr=False)
     calibration: StepSizeCalibration | None = field(default=None, repr=False)
+    converged: bool = True
+    step_size_backoffs: tuple[tuple[int, float, float, str], ...] = field(default=(), repr=False)
 
     @property
     def llc_traces(self) -> Tensor:
@@ -168,13 +218,22 @@ class LLCEstimate:
         return (
             f"LLCEstimate({self.mean:.4g} ± {self.std_err:.2g}, {self.settings.num_chains} chains × "
             f"{self.settings.num_draws} draws, {self.settings.sampler.upper()} ε = {self.settings.step_size:.3g}, γ = {self.settings.localization:g}, "
-            f"nβ = {self.settings.nbeta:.4g}; R̂ {d.rhat:.3f}, ESS {d.ess:.0f}, MALA {d.mala_acceptance:.3f})"
+            f"nβ = {self.settings.nbeta:.4g}; R̂ {d.rhat:.3f}, ESS {d.ess:.0f}, MALA {d.mala_acceptance:.3f}"
+            + ("" if self.converged else "; NOT CONVERGED") + ")"
+            + "".join(f"\n  warning: {w}" for w in d.warnings)
         )
+
+    __str__ = __repr__
 
     def plot(self, ax=None, title: str | None = None):
         """Plot nβ·(L(w_t) − L*) per chain over all steps (burn-in shaded) and the estimate ± 2 SE.
 
-        Returns the matplotlib Figure.
+        Args:
+            ax: a matplotlib Axes to draw into (default: a new figure).
+            title: the plot title (default: the loss and the sampler settings).
+
+        Returns:
+            The matplotlib Figure.
         """
         import matplotlib.pyplot as plt
 
@@ -197,72 +256,14 @@ class LLCEstimate:
         return fig
 
 
-# --------------------------------------------------------------------------------------------
-# Settings handling
-# --------------------------------------------------------------------------------------------
-def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return value
-
-
-def _settings(problem: _Problem, *, nbeta, localization, batch_size, seed, divergence_threshold, default_batch=None,
-              sampler="sgld"):
-    n = problem.num_samples
-    if sampler not in ("sgld", "mala"):
-        raise ValueError(f"sampler must be 'sgld' (stochastic gradient Langevin) or 'mala' (Metropolis-adjusted, "
-                         f"full batch), got {sampler!r}")
-    if sampler == "mala":
-        if problem.has_data and batch_size is not None and batch_size < n:
-            raise ValueError(f"sampler='mala' uses full-batch gradients (the Metropolis test needs the exact "
-                             f"potential), but batch_size = {batch_size} < n = {n}; leave batch_size=None or use "
-                             "sampler='sgld' for minibatches")
-        batch_size = n
-    nb = float(nbeta) if nbeta is not None else n / math.log(n)
-    if not (math.isfinite(nb) and nb > 0):
-        raise ValueError(f"nbeta must be a positive number, got {nbeta!r}")
-    if not (localization >= 0 and math.isfinite(localization)):
-        raise ValueError(f"localization γ must be ≥ 0 and finite, got {localization!r}")
-    if batch_size is None:
-        batch_size = default_batch if default_batch is not None else min(n, 512)
-    _check_positive_int("batch_size", batch_size)
-    if problem.has_data and batch_size > n:
-        raise ValueError(f"batch_size {batch_size} exceeds the number of samples n = {n}; use batch_size ≤ n")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    thr = float(divergence_threshold) if divergence_threshold is not None else 1e4 * max(1.0, problem.num_sampled / 2)
-    return dict(nbeta=nb, localization=float(localization), batch_size=min(batch_size, n), seed=seed, divergence_threshold=thr)
-
-
-def _prepare(
-    model: nn.Module,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    data,
-    *,
-    nbeta: float | None = None,
-    localization: float = 1.0,
-    batch_size: int | None = None,
-    params: ParamSelection = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    divergence_threshold: float | None = None,
-    sampler: str = "sgld",
-) -> tuple[_Problem, dict]:
-    tensors, loader_batch = materialize(data)
-    problem = model_problem(model, loss_fn, tensors, params=params, device=device,
-                            description=getattr(loss_fn, "__name__", type(loss_fn).__name__))
-    s = _settings(problem, nbeta=nbeta, localization=localization, batch_size=batch_size, seed=seed,
-                  divergence_threshold=divergence_threshold, default_batch=loader_batch, sampler=sampler)
-    s["sampler"] = sampler
-    return problem, s
-
-
-def _summarise(run: _Run, problem: _Problem, s: dict, *, num_chains, num_draws, num_burnin, step_size, mala_every,
-               loss_name: str, calibration: StepSizeCalibration | None, chains: slice | Tensor | None = None) -> LLCEstimate:
+def _summarise(run: _Run, problem: _Problem, cfg: RunSettings, *, num_burnin, step_size, loss_name: str,
+               calibration: StepSizeCalibration | None, chains: slice | Tensor | None = None,
+               prior_warnings: tuple[str, ...] = (), final: bool = True, record=None) -> LLCEstimate:
     losses = run.losses if chains is None else run.losses[chains]
     b = min(num_burnin, losses.shape[1])
+    num_draws = losses.shape[1] - b
     post = losses[:, b:]
-    llc = s["nbeta"] * (post - run.baseline)
+    llc = cfg.nbeta * (post - run.baseline)
     mean, se, per_chain, per_chain_se = mean_std_err(llc)
     ess = effective_sample_size(llc)
     acc_rows = run.acceptance if chains is None else run.acceptance[chains]
@@ -270,15 +271,23 @@ def _summarise(run: _Run, problem: _Problem, s: dict, *, num_chains, num_draws, 
     acc = acc_rows[:, after] if bool(after.any()) else acc_rows
     acc_chain = acc.nanmean(dim=1) if acc.numel() else torch.full((llc.shape[0],), float("nan"))
     dist = (run.dist2 if chains is None else run.dist2[chains])[:, b:]
-    ratio = float(dist.mean()) / (problem.num_sampled / s["localization"]) if s["localization"] > 0 else 0.0
+    ratio = float(dist.mean()) / (problem.num_sampled / cfg.localization) if cfg.localization > 0 else 0.0
     rhat = split_rhat(llc) if llc.shape[0] > 1 else float("nan")
-    warns = list(calibration.warnings) if calibration is not None else []
-    if llc.shape[0] > 1 and rhat > 1.05:
-        warns.append(f"R̂ = {rhat:.3f} > 1.05: chains disagree; raise num_burnin/num_draws or check the step size")
-    if float(ess.sum()) < 400:
-        warns.append(f"only {float(ess.sum()):.0f} effective draws (< 400): raise num_draws for a reliable standard error")
-    sampler = s.get("sampler", "sgld")
-    if sampler == "sgld" and float(acc_chain.nanmean()) < 0.9:
+    warns = list(prior_warnings) + (list(calibration.warnings) if calibration is not None else [])
+    if mean < 0 and mean + 3 * se < 0:
+        msg = below_baseline_message(mean, se)
+        warns.append(msg)
+        if final:
+            report(msg, cfg.on_nonminimum)
+    unconverged = record is not None and final and not record.converged  # R̂ / ESS are then in "not converged"
+    if llc.shape[0] > 1 and rhat > cfg.targets.max_rhat and not unconverged:
+        warns.append(f"R̂ = {rhat:.3f} > {cfg.targets.max_rhat:g}: chains disagree; raise num_burnin/num_draws or "
+                     "check the step size")
+    if float(ess.sum()) < cfg.targets.target_ess and not unconverged:
+        warns.append(f"only {float(ess.sum()):.0f} effective draws (< {cfg.targets.target_ess:g}): raise num_draws for "
+                     "a reliable standard error")
+    sampler = cfg.sampler
+    if sampler in ("sgld", "rmsprop") and float(acc_chain.nanmean()) < 0.9:
         warns.append(f"MALA acceptance {float(acc_chain.nanmean()):.2f} < 0.9: the step size is likely too large "
                      "(SGLD is then biased; sampler='mala' removes the bias)")
     if sampler == "mala" and float(acc_chain.nanmean()) < 0.1:
@@ -292,13 +301,31 @@ def _summarise(run: _Run, problem: _Problem, s: dict, *, num_chains, num_draws, 
                      "or the step size (slow directions relax in ~2/(ε·nβ·h) steps)")
     if ratio > 0.5:
         warns.append(f"localization dominates (mean ‖w − w*‖² = {ratio:.2f}·d/γ): lower localization")
+    relax = float(step_size) * cfg.localization * (b if b > 0 else losses.shape[1])
+    if cfg.localization > 0 and relax < 1 and not cfg.adaptive_burnin:  # adaptive: ‖w − w*‖² drift is tested
+        warns.append(f"ε·γ·(burn-in steps) = {relax:.2g} < 1: directions held only by the localization relax in "
+                     f"~2/(ε·γ) = {2 / (float(step_size) * cfg.localization):.3g} steps, longer than the burn-in, so "
+                     "the draws may not be equilibrated there; raise num_burnin (or leave num_draws and num_burnin None: adaptive)")
+    backoffs = tuple(tuple(x) for x in record.backoffs) if record is not None else ()
+    for at, old, new, why in backoffs:
+        warns.append(f"the calibrated step size {old:.3g} diverged at step {at} ({why}); the run restarted from the last "
+                     f"healthy state with ε = {new:.3g}")
+    converged = True
+    if record is not None and final:
+        converged = bool(record.converged)
+        if not converged:
+            warns.insert(0, "not converged: " + "; ".join(record.unmet) + "; raise max_steps (or num_draws / "
+                         "num_burnin), or check the step size")
     dev = problem.w0.device
     settings = SGLDSettings(
-        num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin, step_size=float(step_size),
-        localization=s["localization"], nbeta=s["nbeta"], num_samples=problem.num_samples, batch_size=s["batch_size"],
-        seed=s["seed"], num_sampled_params=problem.num_sampled, mala_every=mala_every,
-        divergence_threshold=s["divergence_threshold"], device=str(dev), dtype=str(problem.w0.dtype).replace("torch.", ""),
-        loss=loss_name, sampler=sampler,
+        num_chains=int(losses.shape[0]), num_draws=num_draws, num_burnin=num_burnin, step_size=float(step_size),
+        localization=cfg.localization, nbeta=cfg.nbeta, num_samples=problem.num_samples, batch_size=cfg.batch_size,
+        seed=cfg.seed, num_sampled_params=problem.num_sampled, mala_every=cfg.mala_every,
+        divergence_threshold=cfg.divergence_threshold, device=str(dev), dtype=cfg.dtype,
+        loss=loss_name, sampler=sampler, num_threads=torch.get_num_threads(),
+        adaptive_burnin=cfg.adaptive_burnin, adaptive_draws=cfg.adaptive_draws,
+        targets=cfg.targets, initial_step_size=float(backoffs[0][1] if backoffs else step_size),
+        steps_total=record.steps_total if record is not None else losses.shape[1], requested=cfg,
     )
     diag = LLCDiagnostics(
         rhat=rhat, ess=float(ess.sum()), ess_per_chain=tuple(float(e) for e in ess),
@@ -307,7 +334,7 @@ def _summarise(run: _Run, problem: _Problem, s: dict, *, num_chains, num_draws, 
         stationarity_z=float(z), stationarity_z_per_chain=tuple(float(v) for v in z_chain),
     )
     return LLCEstimate(mean, se, per_chain, per_chain_se, run.baseline, post.clone(), losses[:, :b].clone(), diag,
-                       settings, calibration)
+                       settings, calibration, converged, backoffs)
 
 
 def _estimate(
@@ -315,58 +342,80 @@ def _estimate(
     s: dict,
     *,
     num_chains: int,
-    num_draws: int,
+    num_draws: int | None,
     num_burnin: int | None,
     step_size: float | None,
     mala_every: int,
     checkpoint_path,
-    checkpoint_every_draws: int,
+    checkpoint_every: int | None,
     resume: bool,
     loss_name: str,
     noise_scale: float = 1.0,
+    targets: ConvergenceTargets | None = None,
 ) -> LLCEstimate:
-    _check_positive_int("num_chains", num_chains)
-    _check_positive_int("num_draws", num_draws, 4)
-    if num_burnin is None:
-        num_burnin = max(num_draws // 2, 1)
-    _check_positive_int("num_burnin", num_burnin, 0)
-    _check_positive_int("mala_every", mala_every, 0)
-    _check_positive_int("checkpoint_every_draws", checkpoint_every_draws, 0)
+    cfg = run_settings(problem, s, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
+                       step_size=step_size, mala_every=mala_every, checkpoint_every=checkpoint_every,
+                       noise_scale=noise_scale, targets=targets if targets is not None else ConvergenceTargets())
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs checkpoint_path (the file the interrupted run saved)")
-    calibration = None
-    if step_size is None:
-        calibration = _calibrate(problem, nbeta=s["nbeta"], localization=s["localization"], batch_size=s["batch_size"],
-                                 seed=s["seed"], divergence_threshold=s["divergence_threshold"])
-        step_size = calibration.step_size
-    elif not (isinstance(step_size, (int, float)) and not isinstance(step_size, bool) and step_size > 0 and math.isfinite(step_size)):
-        raise ValueError(f"step_size must be a positive number (or None to calibrate), got {step_size!r}")
+    batch = cfg.batch_size if problem.has_data else 1
+    threads = choose_num_threads(problem.w0.device, cfg.num_chains * batch * problem.num_sampled, cfg.num_threads)
+    with intra_op_threads(threads):
+        return _estimate_in(problem, cfg, checkpoint_path=checkpoint_path, resume=resume, loss_name=loss_name)
 
-    def on_divergence(run: _Run, step: int, chains: tuple[int, ...], reason: str) -> None:
-        healthy = torch.tensor([c not in chains for c in range(num_chains)])
+
+def _estimate_in(problem: _Problem, cfg: RunSettings, *, checkpoint_path, resume, loss_name) -> LLCEstimate:
+    ckpt = _checkpoint.check_path(checkpoint_path) if checkpoint_path is not None else None
+    problem.check()
+    slope = gradient_at_centre(problem, cfg.nbeta, cfg.localization)
+    prior_warnings: tuple[str, ...] = ()
+    if not slope.is_minimum:
+        prior_warnings = (slope_message(slope),)
+        report(prior_warnings[0], cfg.on_nonminimum)
+    calibration = None
+    step_size = cfg.step_size
+    if step_size is None:
+        calibration = _calibrate(problem, nbeta=cfg.nbeta, localization=cfg.localization, batch_size=cfg.batch_size,
+                                 seed=cfg.seed, divergence_threshold=cfg.divergence_threshold, sampler=cfg.sampler)
+        step_size = calibration.step_size
+
+    def make_loop(eps: float) -> _ChainLoop:
+        return _ChainLoop(problem, num_chains=cfg.num_chains, step_size=eps, localization=cfg.localization,
+                          nbeta=cfg.nbeta, batch_size=cfg.batch_size, seed=cfg.seed, mala_every=cfg.mala_every,
+                          divergence_threshold=cfg.divergence_threshold, noise_scale=cfg.noise_scale, sampler=cfg.sampler)
+
+    def on_divergence(run: _Run, step: int, chains: tuple[int, ...], reason: str, eps: float, rec) -> None:
+        healthy = torch.tensor([c not in chains for c in range(cfg.num_chains)])
         part = None
-        if step - num_burnin >= 4 and bool(healthy.any()):
-            part = _summarise(run, problem, s, num_chains=int(healthy.sum()), num_draws=step - num_burnin,
-                              num_burnin=num_burnin, step_size=step_size, mala_every=mala_every, loss_name=loss_name,
-                              calibration=calibration, chains=healthy)
+        burn = rec.burnin_end
+        if burn >= 0 and step - burn >= 4 and bool(healthy.any()):
+            part = _summarise(run, problem, cfg, num_burnin=burn, step_size=eps, loss_name=loss_name,
+                              calibration=calibration, chains=healthy, prior_warnings=prior_warnings, final=False,
+                              record=rec)
         saved = f" The state before the divergence is saved in {checkpoint_path}." if checkpoint_path else ""
-        kept = (f" The {int(healthy.sum())} healthy chains' {step - num_burnin} finished draws are in the "
+        kept = (f" The {int(healthy.sum())} healthy chains' {step - burn} finished draws are in the "
                 "exception's .partial estimate." if part is not None else "")
+        tried = (f" (the calibrated step was already backed off {len(rec.backoffs)} times)" if rec.backoffs else "")
         raise SGLDDivergenceError(
-            f"SGLD chain(s) {list(chains)} diverged at step {step} ({reason}). The likely cause is a step size "
-            f"ε = {step_size:.3g} too large for the curvature of nβ·L (nβ = {s['nbeta']:.4g}), or a localization "
-            f"γ = {s['localization']:g} too weak to hold the chain near w*: lower step_size (try {step_size / 10:.3g}, "
+            f"SGLD chain(s) {list(chains)} diverged at step {step} ({reason}){tried}. The likely cause is a step size "
+            f"ε = {eps:.3g} too large for the curvature of nβ·L (nβ = {cfg.nbeta:.4g}), or a localization "
+            f"γ = {cfg.localization:g} too weak to hold the chain near w*: lower step_size (try {eps / 10:.3g}, "
             "or pass step_size=None to calibrate it) or raise localization." + kept + saved,
             partial=part, step=step, chains=chains,
         )
 
-    run = run_chains(problem, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin, step_size=step_size,
-                     localization=s["localization"], nbeta=s["nbeta"], batch_size=s["batch_size"], seed=s["seed"],
-                     mala_every=mala_every, divergence_threshold=s["divergence_threshold"], noise_scale=noise_scale,
-                     checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every_draws, resume=resume,
-                     on_divergence=on_divergence, sampler=s.get("sampler", "sgld"))
-    return _summarise(run, problem, s, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
-                      step_size=step_size, mala_every=mala_every, loss_name=loss_name, calibration=calibration)
+    fp = _checkpoint.fingerprint(problem.identity(), cfg.fingerprint_items(step_size)) if ckpt is not None else None
+    run, rec = drive(make_loop, step_size=step_size, nbeta=cfg.nbeta, num_burnin=cfg.num_burnin,
+                     num_draws=cfg.num_draws, targets=cfg.targets, backoff=calibration is not None, checkpoint_path=ckpt,
+                     checkpoint_every=cfg.checkpoint_every, fingerprint=fp, resume=resume, on_divergence=on_divergence)
+    est = _summarise(run, problem, cfg, num_burnin=rec.burnin_end, step_size=rec.step_size, loss_name=loss_name,
+                     calibration=calibration, prior_warnings=prior_warnings, record=rec)
+    shown = [w for w in est.diagnostics.warnings if w not in prior_warnings and "not a local minimum" not in w]
+    if shown:  # the non-minimum warnings were already emitted as NotAMinimumWarning
+        warnings.warn(f"{est.settings.loss}: λ̂ = {est.mean:.4g} ± {est.std_err:.2g}"
+                      + ("" if est.converged else " (NOT converged)") + ": " + "; ".join(shown),
+                      LLCConvergenceWarning, stacklevel=4)
+    return est
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,11 +423,11 @@ def _estimate(
 # --------------------------------------------------------------------------------------------
 def estimate_llc(
     model: nn.Module,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
     data,
     *,
     num_chains: int = 4,
-    num_draws: int = 2000,
+    num_draws: int | None = None,
     num_burnin: int | None = None,
     step_size: float | None = None,
     localization: float = 1.0,
@@ -390,22 +439,39 @@ def estimate_llc(
     mala_every: int = 5,
     divergence_threshold: float | None = None,
     checkpoint_path: str | os.PathLike | None = None,
-    checkpoint_every_draws: int = 0,
+    checkpoint_every: int | None = None,
     resume: bool = False,
-    sampler: Literal["sgld", "mala"] = "sgld",
+    sampler: Literal["sgld", "mala", "rmsprop"] = "sgld",
+    num_threads: int | None = None,
+    on_nonminimum: Literal["warn", "raise", "ignore"] = "warn",
+    max_steps: int | None = None,
+    max_seconds: float | None = None,
+    targets: ConvergenceTargets | None = None,
 ) -> LLCEstimate:
-    """SGLD estimate of the local learning coefficient of ``loss_fn(model(x), y)`` at the model's
-    current parameters w*: λ̂ = nβ·(E_w[L_n(w)] − L_n(w*)) (Lau et al. 2023, arXiv 2308.12108).
+    """SGLD estimate of the local learning coefficient of ``loss_fn(model(x), y)`` at w*.
+
+    λ̂ = nβ·(E_w[L_n(w)] − L_n(w*)) at the model's current parameters w* (Lau et al. 2023,
+    arXiv 2308.12108; docs/theory.md §1).
 
     Args:
-        model: any ``nn.Module``; its current parameters are w* (not modified).
-        loss_fn: ``loss_fn(prediction, target)`` returning the MEAN loss over the batch.
+        model: any ``nn.Module``; its current parameters are w* (not modified). It is evaluated in
+            eval mode (dropout off, batch-norm running statistics), its mode restored afterwards.
+        loss_fn: ``loss_fn(prediction, target)`` returning the MEAN loss over the batch; for dict
+            batches ``loss_fn(model_output, batch)``, or None to use the model output's ``.loss``
+            (Hugging Face models with ``labels`` in the batch).
         data: ``(inputs, targets)`` tensors, a torch ``Dataset`` of (input, target) items, or a
-            ``DataLoader`` (its data set is used; its batch size is the default ``batch_size``).
-            Another data set than the training set gives the data-refined LLC.
+            ``DataLoader`` over one (held in memory on the sampling device; the DataLoader's batch
+            size is the default ``batch_size``); or batches: a ``DataLoader`` of dict items, an
+            iterable data set, or any re-iterable of ``(x, y)`` tuples or dicts (read once, kept on
+            the host, each chain walking its own shuffled order, moved to the device per step; the
+            baseline L(w*) is the size-weighted mean over all batches). Another data set than the
+            training set gives the data-refined LLC.
         num_chains: independent chains, run together (vectorised).
-        num_draws: draws per chain after burn-in (one per step).
-        num_burnin: steps discarded at the start of every chain (default num_draws // 2).
+        num_draws: draws per chain after burn-in (one per step). None (default): adaptive — draw until
+            the ESS of λ̂ reaches 400 and its standard error 3% of |λ̂| (with R̂ ≤ 1.05 and |z| ≤ 3 for
+            λ̂ and ‖w − w*‖²), within ``max_steps``; see :class:`ConvergenceTargets`.
+        num_burnin: steps discarded at the start of every chain. None: adaptive when ``num_draws``
+            is None (until λ̂ and ‖w − w*‖² are stationary), else num_draws // 2.
         step_size: ε; None (default) calibrates it with :func:`slt_interp.estimators.calibrate_step_size`'s rule.
         localization: γ of the localizing prior (γ/2)‖w − w*‖².
         nbeta: nβ; default n/log n with n the number of samples in ``data``.
@@ -415,29 +481,57 @@ def estimate_llc(
         device: where to sample (default: the model's device). Data is moved there.
         mala_every: measure the MALA acceptance every that many steps (0: never; costs one gradient).
         divergence_threshold: a chain diverges when nβ·(L − L*) exceeds this (default 10⁴·max(1, d/2)).
-        checkpoint_path: file to save the sampler state to (every ``checkpoint_every_draws`` draws, at
-            the end, and before raising on a divergence).
-        checkpoint_every_draws: 0 saves only at the end.
-        resume: continue from ``checkpoint_path`` (same settings; ``num_draws`` may grow). The result
-            equals an uninterrupted run.
-        sampler: "sgld" (default: minibatch Langevin, never rejects, O(ε) bias) or "mala"
+        checkpoint_path: file to save the sampler state to (every ``checkpoint_every`` steps, burn-in
+            included, at the end, and before raising on a divergence); checked before sampling.
+        checkpoint_every: steps between checkpoints; None (default): whenever 60 s have passed.
+        resume: continue from ``checkpoint_path``. The checkpoint's fingerprint (content hashes of the
+            data and w*, the ``params`` selection, the loss's name and source, the model's
+            architecture, every sampler setting) must match, else a ValueError names what differs;
+            only ``num_draws`` may grow. The result is bit-identical to an uninterrupted run. A
+            missing file warns and starts afresh.
+        sampler: "sgld" (default: minibatch Langevin, never rejects, O(ε) bias), "mala"
             (Metropolis-adjusted Langevin on the full batch: exact stationary law for every ε; the
-            acceptance rate is ``diagnostics.mala_acceptance``; ``batch_size`` must be None or n).
+            acceptance rate is ``diagnostics.mala_acceptance``; ``batch_size`` must be None or n) or
+            "rmsprop" (RMSProp-preconditioned SGLD, Li, Chen, Carlson, Carin 2016: per-coordinate
+            steps ε·G̃ with G̃ ∝ 1/√(running mean of g²), normalised to mean 1; its diagnostic is the
+            Metropolis-adjusted acceptance of the preconditioned proposal). SGLD stays the default
+            until the accuracy benchmark (issue 10) has been run to compare them.
+        num_threads: torch intra-op threads for the run (None: one thread on CPU when a step's
+            batched gradient is small, chains × batch × parameters < 2²⁸, else torch's setting); the
+            caller's setting is restored afterwards, also on an exception.
+        on_nonminimum: what to do when w* is not a local minimum — the gradient at w* is large
+            relative to the curvature along it (λ̂ would be biased down by more than
+            max(0.5, 0.025·d)), or the draws' mean loss falls significantly below L(w*):
+            "warn" (:class:`NotAMinimumWarning`, also in ``diagnostics.warnings``), "raise"
+            (:class:`NotAMinimumError`) or "ignore".
+
+        max_steps: budget of an adaptive run, steps per chain including burn-in (default 20 000).
+        max_seconds: wall-clock budget of an adaptive run (default: none).
+        targets: all convergence targets (:class:`ConvergenceTargets`); ``max_steps`` and
+            ``max_seconds`` override its fields. A run that stops on its budget returns
+            ``converged=False``; every unmet target is in ``diagnostics.warnings``, printed by
+            ``repr``/``str`` and emitted as an :class:`LLCConvergenceWarning`. With a calibrated
+            step size a divergence backs off (restart from the last healthy state with ε/√10,
+            recorded in ``step_size_backoffs``) instead of failing.
 
     Returns:
         :class:`LLCEstimate`.
 
     Raises:
-        SGLDDivergenceError: a chain diverged; the message names the cause and the setting to change,
+        SGLDDivergenceError: a chain diverged (explicit step size, or after 4 back-offs); the message names the cause and the setting to change,
             ``.partial`` keeps the estimate from the finished draws of the healthy chains.
+        NotAMinimumError: w* is not a local minimum and ``on_nonminimum="raise"``.
         ValueError / TypeError: invalid settings or data, naming the fix.
     """
+    if checkpoint_path is not None:
+        _checkpoint.check_path(checkpoint_path)  # before the model is evaluated at all
     problem, s = _prepare(model, loss_fn, data, nbeta=nbeta, localization=localization, batch_size=batch_size,
                           params=params, seed=seed, device=device, divergence_threshold=divergence_threshold,
-                          sampler=sampler)
+                          sampler=sampler, num_threads=num_threads, on_nonminimum=on_nonminimum)
     return _estimate(problem, s, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin, step_size=step_size,
-                     mala_every=mala_every, checkpoint_path=checkpoint_path, checkpoint_every_draws=checkpoint_every_draws,
-                     resume=resume, loss_name=f"LLC of {problem.description}")
+                     mala_every=mala_every, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+                     resume=resume, loss_name=f"LLC of {problem.description}",
+                     targets=_targets(targets, max_steps, max_seconds))
 
 
 def estimate_behavioral_llc(
@@ -447,9 +541,12 @@ def estimate_behavioral_llc(
     kind: Literal["mse", "kl"] = "mse",
     **kwargs,
 ) -> LLCEstimate:
-    """SGLD estimate of the behavioral LLC: the LLC of L_B(w) = (1/n)·Σ_x ‖f(x; w) − f(x; w*)‖²
-    (``kind="mse"``) or (1/n)·Σ_x KL(p(·|x, w*) ‖ p(·|x, w)) on softmax outputs (``kind="kl"``, for
-    classifiers) (Bushnaq et al. 2024, arXiv 2405.10927, §2.2). L_B(w*) = 0.
+    """SGLD estimate of the behavioral LLC, the LLC of the behavioral loss L_B at w*.
+
+    L_B(w) = (1/n)·Σ_x ‖f(x; w) − f(x; w*)‖² (``kind="mse"``) or (1/n)·Σ_x KL(p(·|x, w*) ‖ p(·|x, w))
+    on softmax outputs (``kind="kl"``, for classifiers) (Bushnaq et al. 2024, arXiv 2405.10927,
+    §2.2). L_B(w*) = 0; the reference f(x; w*) is computed once, in eval mode with the buffers
+    (:func:`slt_interp.estimators.model_losses.reference_outputs`).
 
     Args:
         model: the network at w*.
@@ -460,6 +557,10 @@ def estimate_behavioral_llc(
 
     Returns:
         :class:`LLCEstimate`.
+
+    Raises:
+        ValueError: an unknown ``kind`` or invalid settings.
+        TypeError: ``model`` is not an ``nn.Module`` or an unknown setting is passed.
     """
     losses = {"mse": behavioral_mse, "kl": behavioral_kl}
     if kind not in losses:
@@ -473,21 +574,38 @@ def estimate_behavioral_llc(
     p = next(model.parameters())
     dev = kwargs.get("device") or p.device
     xin = x.to(device=dev, dtype=p.dtype) if x.is_floating_point() else x.to(dev)
-    with torch.no_grad():
-        reference = model(xin).detach()
+    reference = reference_outputs(model, xin)  # f(x; w*) in eval mode with buffers, the one reference computation
     problem, s = _prepare(model, losses[kind], (xin, reference), **{k: kwargs.pop(k) for k in list(kwargs) if k in (
-        "nbeta", "localization", "batch_size", "params", "seed", "device", "divergence_threshold", "sampler")})
+        "nbeta", "localization", "batch_size", "params", "seed", "device", "divergence_threshold", "sampler",
+        "num_threads", "on_nonminimum")})
     return _estimate(problem, s, loss_name=f"behavioral LLC ({kind})", **_run_kwargs(kwargs))
 
 
+def _targets(targets: ConvergenceTargets | None, max_steps, max_seconds) -> ConvergenceTargets:
+    t = targets if targets is not None else ConvergenceTargets()
+    if not isinstance(t, ConvergenceTargets):
+        raise TypeError(f"targets must be a ConvergenceTargets, got {type(t).__name__}")
+    if max_steps is not None:
+        _check_positive_int("max_steps", max_steps, 8)
+        t = replace(t, max_steps=max_steps)
+    if max_seconds is not None:
+        if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+            raise ValueError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
+        t = replace(t, max_seconds=float(max_seconds))
+    return t
+
+
 def _run_kwargs(kwargs: dict) -> dict:
-    allowed = {"num_chains": 4, "num_draws": 2000, "num_burnin": None, "step_size": None, "mala_every": 5,
-               "checkpoint_path": None, "checkpoint_every_draws": 0, "resume": False}
+    allowed = {"num_chains": 4, "num_draws": None, "num_burnin": None, "step_size": None, "mala_every": 5,
+               "checkpoint_path": None, "checkpoint_every": None, "resume": False, "max_steps": None,
+               "max_seconds": None, "targets": None}
     unknown = set(kwargs) - set(allowed)
     if unknown:
         raise TypeError(f"unknown setting(s) {sorted(unknown)}; allowed: {sorted(allowed)} and nbeta, localization, "
-                        "batch_size, params, seed, device, divergence_threshold, sampler")
-    return {k: kwargs.get(k, v) for k, v in allowed.items()}
+                        "batch_size, params, seed, device, divergence_threshold, sampler, num_threads, on_nonminimum")
+    out = {k: kwargs.get(k, v) for k, v in allowed.items()}
+    out["targets"] = _targets(out.pop("targets"), out.pop("max_steps"), out.pop("max_seconds"))
+    return out
 
 
 def estimate_potential_llc(
@@ -495,7 +613,7 @@ def estimate_potential_llc(
     num_samples: float,
     *,
     num_chains: int = 4,
-    num_draws: int = 1000,
+    num_draws: int | None = None,
     num_burnin: int | None = None,
     step_size: float | None = None,
     localization: float = 1.0,
@@ -508,15 +626,36 @@ def estimate_potential_llc(
     sampler: Literal["sgld", "mala"] = "sgld",
     **kwargs,
 ) -> LLCEstimate:
-    """SGLD estimate for a potential K (the population loss, K(0) = 0 at w* = 0) at "sample size" n:
-    λ̂ = nβ·E_p[K], p ∝ exp(−nβK − (γ/2)‖w‖²). Its exact target is :func:`slt_interp.theory.finite_n_target`.
+    """SGLD estimate for a potential K (the population loss, K(0) = 0 at w* = 0) at "sample size" n.
+
+    λ̂ = nβ·E_p[K], p ∝ exp(−nβK − (γ/2)‖w‖²). Its exact target is
+    :func:`slt_interp.theory.finite_n_target`.
 
     Args:
         potential: a :class:`slt_interp.theory.zoo.Potential` (or any object with ``.fn`` and ``.dim``).
         num_samples: n, which sets nβ = n/log n unless ``nbeta`` is given.
+        num_chains: as :func:`estimate_llc`.
+        num_draws: as :func:`estimate_llc` (None: adaptive).
+        num_burnin: as :func:`estimate_llc` (None: adaptive).
+        step_size: as :func:`estimate_llc` (None: calibrated).
+        localization: γ.
+        nbeta: nβ (default n/log n).
+        seed: the one seed of all chains.
+        device: where to sample.
+        dtype: the dtype of w (float64 by default).
+        mala_every: as :func:`estimate_llc`.
         noise_scale: multiplies the Langevin noise (1: SGLD; 0: gradient descent — for tests only).
-        sampler: "sgld" or "mala" (Metropolis-adjusted: no step-size bias), as :func:`estimate_llc`.
-        other arguments: as :func:`estimate_llc`.
+        sampler: "sgld", "mala" (Metropolis-adjusted: no step-size bias) or "rmsprop", as :func:`estimate_llc`.
+        **kwargs: ``divergence_threshold``, ``num_threads``, ``on_nonminimum``, ``checkpoint_path``,
+            ``checkpoint_every``, ``resume``, ``max_steps``, ``max_seconds``, ``targets``, as
+            :func:`estimate_llc`.
+
+    Returns:
+        :class:`LLCEstimate`.
+
+    Raises:
+        TypeError: ``potential`` lacks ``.fn`` / ``.dim``, or an unknown setting is passed.
+        ValueError: invalid settings (``num_samples`` ≤ 1, ``noise_scale`` ≠ 1 with MALA, ...).
     """
     fn, dim = getattr(potential, "fn", None), getattr(potential, "dim", None)
     if fn is None or dim is None:
@@ -525,10 +664,12 @@ def estimate_potential_llc(
         raise ValueError(f"num_samples must be > 1 (β = 1/log n), got {num_samples}")
     problem = potential_problem(fn, dim, int(num_samples), dtype=dtype, device=device)
     s = _settings(problem, nbeta=nbeta, localization=localization, batch_size=1, seed=seed,
-                  divergence_threshold=kwargs.pop("divergence_threshold", None), sampler=sampler)
+                  divergence_threshold=kwargs.pop("divergence_threshold", None), sampler=sampler,
+                  num_threads=kwargs.pop("num_threads", None), on_nonminimum=kwargs.pop("on_nonminimum", "warn"))
     s["sampler"] = sampler
     if sampler == "mala" and noise_scale != 1.0:
         raise ValueError("noise_scale must be 1 with sampler='mala' (the Metropolis test assumes the Langevin proposal)")
     return _estimate(problem, s, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin, step_size=step_size,
                      mala_every=mala_every, loss_name=f"potential {getattr(potential, 'name', '')}", noise_scale=noise_scale,
-                     **{k: v for k, v in _run_kwargs(kwargs).items() if k in ("checkpoint_path", "checkpoint_every_draws", "resume")})
+                     **{k: v for k, v in _run_kwargs(kwargs).items() if k in ("checkpoint_path", "checkpoint_every", "resume",
+                                                                             "targets")})

@@ -32,23 +32,23 @@ class RankCurve:
     Attributes:
         thresholds: τ values, shape (T,), ascending, float64.
         ranks: #{λ > τ} (exact for a dense spectrum, SLQ mean otherwise), shape (T,).
-        stderr: standard errors of ``ranks`` (zeros for a dense spectrum).
+        std_err: standard errors of ``ranks`` (zeros for a dense spectrum).
         soft_ranks: Σ_i h_i⁺/(h_i⁺ + τ), the effective dimension; ½·soft_rank is the SGLD target on the
             quadratic approximation.
         dim: d; the upper bound is d/2 at every τ.
         method: "dense" or "slq".
-        sample_sizes: n for each τ when built with :func:`rank_curve_vs_n`, else None.
-        gamma, nbeta: the settings behind τ(n) (None for a plain τ grid).
+        num_samples: n for each τ when built with :func:`rank_curve_vs_n`, else None.
+        localization, nbeta: the settings behind τ(n) (None for a plain τ grid).
     """
 
     thresholds: Tensor
     ranks: Tensor
-    stderr: Tensor
+    std_err: Tensor
     soft_ranks: Tensor
     dim: int
     method: str
-    sample_sizes: Tensor | None = field(default=None)
-    gamma: float | None = None
+    num_samples: Tensor | None = field(default=None)
+    localization: float | None = None
     nbeta: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -125,7 +125,8 @@ def rank_curve(spectrum, thresholds: Sequence[float] | Tensor | None = None, *, 
         :class:`RankCurve`.
 
     Raises:
-        TypeError / ValueError: unsupported spectrum, non-positive thresholds.
+        TypeError: unsupported spectrum.
+        ValueError: non-positive or non-finite thresholds.
 
     Example:
         >>> c = rank_curve(torch.tensor([0.0, 1e-6, 1.0, 2.0], dtype=torch.float64), [1e-8, 1e-3])
@@ -146,16 +147,19 @@ def rank_curve(spectrum, thresholds: Sequence[float] | Tensor | None = None, *, 
     return RankCurve(taus, ranks, se, soft, dim, method)
 
 
-def threshold_for_sample_size(n, *, gamma: float = 1.0, nbeta=None) -> Tensor:
+def threshold_for_sample_size(n, *, localization: float = 1.0, nbeta=None) -> Tensor:
     """τ(n) = γ/(nβ) with β = 1/log n by default: eigenvalues below τ(n) are effectively flat at n.
 
     Args:
         n: sample size(s), > 1.
-        gamma: localization strength γ > 0.
+        localization: localization strength γ > 0.
         nbeta: nβ explicitly (same shape as n); overrides β = 1/log n.
 
     Returns:
         τ as a float64 tensor shaped like ``n``.
+
+    Raises:
+        ValueError: n ≤ 1, γ ≤ 0 or nβ ≤ 0.
 
     Example:
         >>> float(threshold_for_sample_size(10_000)) == math.log(10_000) / 10_000
@@ -164,24 +168,33 @@ def threshold_for_sample_size(n, *, gamma: float = 1.0, nbeta=None) -> Tensor:
     n_t = torch.as_tensor(n, dtype=torch.float64)
     if not bool((n_t > 1).all()):
         raise ValueError(f"sample sizes must be > 1 (β = 1/log n), got {n}")
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
+    if not localization > 0:
+        raise ValueError(f"localization must be > 0, got {localization}")
     nb = n_t / torch.log(n_t) if nbeta is None else torch.as_tensor(nbeta, dtype=torch.float64)
     if not bool((nb > 0).all()):
         raise ValueError(f"nbeta must be > 0, got {nbeta}")
-    return gamma / nb
+    return localization / nb
 
 
-def rank_curve_vs_n(spectrum, sample_sizes, *, gamma: float = 1.0, nbeta=None) -> RankCurve:
-    """:func:`rank_curve` at τ(n) = γ/(nβ) for each n in ``sample_sizes`` (ascending n ⇒ descending τ).
+def rank_curve_vs_n(spectrum, num_samples, *, localization: float = 1.0, nbeta=None) -> RankCurve:
+    """:func:`rank_curve` at τ(n) = γ/(nβ) for each n in ``num_samples`` (ascending n ⇒ descending τ).
 
     The curve's ``quadratic_llc`` is then the SGLD target ½·Σ nβh/(nβh + γ) of the quadratic
     approximation at each n (docs/theory.md §3).
+
+    Args:
+        spectrum: as for :func:`rank_curve`.
+        num_samples: the sample sizes n (> 1).
+        localization: γ > 0.
+        nbeta: nβ per n (default n/log n).
+
+    Returns:
+        :class:`RankCurve` with ``num_samples``, ``localization`` and ``nbeta`` set.
     """
-    n_t = torch.as_tensor(sample_sizes, dtype=torch.float64).reshape(-1)
+    n_t = torch.as_tensor(num_samples, dtype=torch.float64).reshape(-1)
     order = torch.argsort(n_t)
     n_t = n_t[order]
     nb = n_t / torch.log(n_t) if nbeta is None else torch.as_tensor(nbeta, dtype=torch.float64).reshape(-1)[order]
-    taus = threshold_for_sample_size(n_t, gamma=gamma, nbeta=nb)
+    taus = threshold_for_sample_size(n_t, localization=localization, nbeta=nb)
     method, dim, ranks, se, soft = _curve(spectrum, taus)
-    return RankCurve(taus, ranks, se, soft, dim, method, sample_sizes=n_t, gamma=float(gamma), nbeta=nb)
+    return RankCurve(taus, ranks, se, soft, dim, method, num_samples=n_t, localization=float(localization), nbeta=nb)

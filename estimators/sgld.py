@@ -105,9 +105,12 @@ def mala_acceptance(
     """The Metropolis-adjusted acceptance probability α of the Langevin proposal w → w' per chain.
 
     Args:
-        w, w_new: (C, d) current and proposed points.
-        u, u_new: (C,) localized potentials U at w and w' (same batch for both).
-        grad_u, grad_u_new: (C, d) their gradients ∇U.
+        w: (C, d) current points.
+        w_new: (C, d) proposed points.
+        u: (C,) localized potential U at w.
+        grad_u: (C, d) its gradient ∇U(w).
+        u_new: (C,) U at w' (on the same batch as ``u``).
+        grad_u_new: (C, d) ∇U(w').
         step_size: ε, float or (C,).
         mask: (d,) 0/1 sampled coordinates (the proposal lives on them).
 

@@ -35,7 +35,7 @@ class EigenvalueCount:
 
     Attributes:
         count: the mean over probes of the quadrature estimates.
-        stderr: standard error of that mean (sample std over probes / √P).
+        std_err: standard error of that mean (sample std over probes / √P).
         ci: (low, high) Student-t confidence interval at ``confidence``, clipped to [0, d].
         threshold: the threshold τ.
         above: True for #{λ > τ}, False for #{λ < τ}.
@@ -50,7 +50,7 @@ class EigenvalueCount:
     """
 
     count: float
-    stderr: float
+    std_err: float
     ci: tuple[float, float]
     threshold: float
     above: bool
@@ -66,7 +66,7 @@ class EigenvalueCount:
     def __repr__(self) -> str:
         rel = ">" if self.above else "<"
         return (
-            f"EigenvalueCount(#{{λ {rel} {self.threshold:.3g}}} = {self.count:.1f} ± {self.stderr:.1f}, "
+            f"EigenvalueCount(#{{λ {rel} {self.threshold:.3g}}} = {self.count:.1f} ± {self.std_err:.1f}, "
             f"{100 * self.confidence:.0f}% CI [{self.ci[0]:.1f}, {self.ci[1]:.1f}], {self.num_probes} probes × "
             f"{self.num_steps} steps)"
         )
@@ -98,6 +98,7 @@ class SpectralQuadrature:
 
     @property
     def num_probes(self) -> int:
+        """P, the number of probe vectors."""
         return int(self.nodes.shape[0])
 
     def samples(self, f: Callable[[Tensor], Tensor]) -> Tensor:
@@ -145,6 +146,9 @@ def _ambiguous_mass(runs: _LanczosRuns, num_steps: int, threshold: float) -> Ten
 
     Each interval [θ_j − r_j, θ_j + r_j] contains an eigenvalue of A (Kahan–Parlett), so the weight of the
     nodes whose interval straddles the threshold is the part of the count the quadrature cannot yet place.
+
+    Returns:
+        The ambiguous mass per run, shape (B,).
     """
     theta, S = torch.linalg.eigh(runs.tridiagonal(num_steps))
     beta_m = runs.beta[num_steps - 1].abs()  # (B,)
@@ -222,7 +226,8 @@ def count_eigenvalues(
         threshold: τ; eigenvalues > τ are counted.
         num_probes: Rademacher probes P ≥ 2.
         num_steps: fixed number of steps (skip the growth).
-        min_steps, max_steps: range of the growth.
+        min_steps: the first number of steps of the growth.
+        max_steps: the last (default min(d, 640)).
         confidence: level of the confidence interval.
         block_size: probes advanced together.
         generator: seeds the probes (``None``: a CPU generator with seed 0).
@@ -231,10 +236,11 @@ def count_eigenvalues(
         :class:`EigenvalueCount` (its ``.quadrature`` gives other thresholds at no extra cost).
 
     Raises:
-        TypeError / ValueError: not an operator, fewer than 2 probes, bad settings.
+        TypeError: not an operator.
+        ValueError: fewer than 2 probes, bad settings.
 
     Example:
-        >>> from estimators import HessianOperator
+        >>> from slt_interp.estimators import HessianOperator
         >>> op = HessianOperator(lambda w: (torch.linspace(0, 1, 50, dtype=w.dtype) * w ** 2).sum() / 2,
         ...                      torch.zeros(50, dtype=torch.float64))
         >>> count = count_eigenvalues(op, 0.5, generator=torch.Generator().manual_seed(0))

@@ -34,6 +34,7 @@ class Spectrum:
 
     @property
     def dim(self) -> int:
+        """d, the number of eigenvalues."""
         return int(self.eigenvalues.numel())
 
     def count_above(self, threshold: float) -> int:

@@ -234,6 +234,9 @@ def _tensor_pow_rule(x: _Jet, p: Tensor) -> _Jet:
     Non-negative integer exponents (the usual case, e.g. w ** k with k = 2, 4) are exact at x₀ = 0:
     the powers x⁰..x^P are built by Cauchy products and selected per element. Other exponents use
     the recurrence of :func:`_pow_rule`, which needs x₀ ≠ 0.
+
+    Returns:
+        The jet of x^p.
     """
     p = torch.as_tensor(p, device=x.c[0].device)
     if p.is_floating_point() and not bool((p == p.round()).all()) or bool((p < 0).any()):
@@ -503,7 +506,7 @@ class TaylorMode:
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         if not isinstance(w, Tensor) or w.dim() != 1 or not w.is_floating_point():
-            raise ValueError("w must be a 1-D floating-point tensor (the flattened parameters; see slt_interp.estimators._flat.flatten)")
+            raise ValueError("w must be a 1-D floating-point tensor (the flattened parameters; see slt_interp.estimators.flatten)")
         self.fn = fn
         self.w = w.detach()
         self.method = method
@@ -595,6 +598,16 @@ def directional_derivatives(fn, w: Tensor, v: Tensor, order: int = 4, method: st
 
     One-shot wrapper of :class:`TaylorMode` (which traces ``fn``; build a ``TaylorMode`` yourself to
     reuse the trace across calls).
+
+    Args:
+        fn: f(w) -> scalar.
+        w: the base point (flat).
+        v: directions, shape (..., d).
+        order: the highest derivative order.
+        method: see :class:`TaylorMode`.
+
+    Returns:
+        The derivatives D⁰..D^order f(w)[v, …, v], shape (..., order + 1).
 
     Example:
         >>> f = lambda w: (w ** 4).sum() / 24

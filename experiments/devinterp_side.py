@@ -20,6 +20,23 @@ import torch
 from torch import Tensor
 
 
+MISSING = ("devinterp is not installed: the side-by-side studies and benchmarks compare against it. "
+           "Install the experiments extra: pip install -e \".[experiments]\" (the library itself does not need it).")
+
+
+def devinterp_available() -> bool:
+    """Whether the peer library devinterp can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("devinterp") is not None
+
+
+def require_devinterp() -> None:
+    """Raise an ImportError that names the missing extra when devinterp is absent."""
+    if not devinterp_available():
+        raise ImportError(MISSING)
+
+
 @dataclass(frozen=True)
 class DevinterpResult:
     mean: float
@@ -44,6 +61,7 @@ def devinterp_llc(model, loss_fn, x: Tensor, y: Tensor, *, num_chains: int, num_
                   step_size: float, localization: float, nbeta: float | None = None, batch_size: int, seed: int = 0,
                   progress: bool = False) -> DevinterpResult:
     """devinterp's SGLD loop on the same problem; λ̂ = nβ·(mean draw loss − full-data L(w*))."""
+    require_devinterp()
     import devinterp.slt.sampler as dsampler
     from devinterp.slt.config import SAMPLING_METHODS
     from devinterp.slt.sampler import sample_single_chain

@@ -82,14 +82,14 @@ def _checkpoint_steps(steps: int, num_checkpoints: int) -> set[int]:
 
 
 def toy_superposition(
-    n_features: int = 5, n_hidden: int = 2, *, sparsity: float = 0.8, n: int = 1024, steps: int = 3000,
+    n_features: int = 5, n_hidden: int = 2, *, sparsity: float = 0.8, num_samples: int = 1024, steps: int = 3000,
     lr: float = 0.01, num_checkpoints: int = 8, seed: int = 0,
 ) -> TrainedModel:
-    """Train the toy model of superposition on n sparse inputs (each feature 0 with probability
+    """Train the toy model of superposition on ``num_samples`` sparse inputs (each feature 0 with probability
     ``sparsity``, else U[0, 1]); float64, full-batch Adam; target = input."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, n_features, generator=g, dtype=torch.float64)
-    x = x * (torch.rand(n, n_features, generator=g, dtype=torch.float64) > sparsity)
+    x = torch.rand(num_samples, n_features, generator=g, dtype=torch.float64)
+    x = x * (torch.rand(num_samples, n_features, generator=g, dtype=torch.float64) > sparsity)
     torch_state = torch.random.get_rng_state()
     torch.random.manual_seed(seed)  # nn.init draws from the global RNG; restore it afterwards
     model = ToySuperposition(n_features, n_hidden).double()
@@ -99,12 +99,12 @@ def toy_superposition(
 
 
 def mlp_regression(
-    input_dim: int = 4, hidden: int = 8, output_dim: int = 2, *, teacher_hidden: int = 3, n: int = 512,
+    input_dim: int = 4, hidden: int = 8, output_dim: int = 2, *, teacher_hidden: int = 3, num_samples: int = 512,
     steps: int = 3000, lr: float = 0.01, num_checkpoints: int = 8, seed: int = 0,
 ) -> TrainedModel:
     """A tanh MLP (input → hidden → output) trained on a smaller tanh teacher; float64, full batch."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, input_dim, generator=g, dtype=torch.float64)
+    x = torch.randn(num_samples, input_dim, generator=g, dtype=torch.float64)
     W1 = torch.randn(teacher_hidden, input_dim, generator=g, dtype=torch.float64)
     W2 = torch.randn(output_dim, teacher_hidden, generator=g, dtype=torch.float64) / teacher_hidden ** 0.5
     y = torch.tanh(x @ W1.T) @ W2.T

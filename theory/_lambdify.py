@@ -6,6 +6,7 @@ sympy 1.14's ``lambdify(..., "torch")`` mistranslates Max/Min, Heaviside, gamma 
 
 * numbers become Python floats (no tensor allocation, dtype follows the input);
 * ``x**2`` → ``x*x``, ``x**-1`` → ``1/x``, ``x**(1/2)`` → ``sqrt``, ``log(1 + x)`` → ``log1p(x)``;
+* ``x**p`` with 0 < p < 1 has the subgradient 0 at x = 0 instead of torch's NaN (inf · sign'(0));
 * ``Max``/``Min`` → ``torch.maximum``/``clamp``; ``Heaviside(x)`` → ``(x > 0)`` (½ at 0);
 * ``Piecewise`` uses the "double where": each branch is evaluated on inputs moved, where the branch
   is not selected, to a point where it is finite, so no NaN or inf leaks into the gradient;
@@ -160,8 +161,8 @@ class _Translator:
                 return x * x
             if p == -1:
                 return 1.0 / x
-            if p == 0.5:
-                return torch.sqrt(x)
+            if 0 < p < 1:
+                return _cusp_pow(x, p)
             if p == -0.5:
                 return torch.rsqrt(x)
             if p == int(p) and isinstance(x, Tensor):
@@ -170,6 +171,8 @@ class _Translator:
         y = self(exp)
         if not isinstance(x, Tensor) and not isinstance(y, Tensor):
             return x ** y
+        if isinstance(x, Tensor) and not isinstance(y, Tensor) and 0 < y < 1:
+            return _cusp_pow(x, y)
         if not isinstance(x, Tensor):
             if x == math.e:
                 return torch.exp(y)
@@ -268,6 +271,17 @@ class _Translator:
         return out
 
 
+def _cusp_pow(x: Tensor, p: float) -> Tensor:
+    """x^p for 0 < p < 1 with the subgradient 0 at x = 0 (where the slope is +∞ and torch's gradient
+    is inf·0 = NaN through an Abs): the "double where" — the power is taken at 1 where x = 0, so no inf
+    enters the backward pass, and the value 0 is put back. 0 is a valid (Fréchet) subgradient of
+    |a|^p, p < 1, at 0: the function rises faster than any linear one there."""
+    zero = x == 0
+    safe = torch.where(zero, torch.ones_like(x), x)
+    power = torch.sqrt(safe) if p == 0.5 else torch.pow(safe, p)
+    return torch.where(zero, torch.zeros_like(x), power)
+
+
 def _needs_guard(expr: sp.Expr, tensor_symbols: set) -> bool:
     """Whether a branch can be non-finite (or have a non-finite gradient) somewhere: logs, division,
     fractional powers, special functions of the inputs. Polynomials, Abs, exp, sign and friends never
@@ -307,6 +321,19 @@ def torch_function(
     so a one-variable penalty φ gives Σ_i φ(a_i) at any width. ``values`` binds every other free
     symbol to a number; an unbound symbol raises ``ValueError``. The result has the dtype and device
     of ``a`` and gradients through autograd.
+
+    Args:
+        expr: the sympy expression.
+        variables: the d symbols of one group.
+        values: numbers for every other free symbol.
+        reduce: sum over the groups (else one value per group).
+
+    Returns:
+        ``fn(a)``; it raises ``ValueError`` when the last dimension is not a multiple of d, and
+        ``NotImplementedError`` for a function without an exact torch translation.
+
+    Raises:
+        ValueError: a free symbol of ``expr`` has no value.
     """
     values = dict(values or {})
     variables = tuple(variables)

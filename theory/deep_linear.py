@@ -21,12 +21,21 @@ __all__ = ["deep_linear_network"]
 
 
 def _choose_subset(m: list[int]) -> list[int]:
-    """The set S of Aoyagi (2024): the shortest prefix (at least two entries) of the ascending
-    M_j such that, with ℓ = |S| − 1,
+    """The set S of Aoyagi (2024), docs/theory.md §2.
+
+    S is the shortest prefix (at least two entries) of the ascending M_j such that, with
+    ``ℓ = |S| − 1``,
 
         max_S M_j < min_{∉S} M_k,   Σ_S M_j ≥ ℓ·max_S M_j,   Σ_S M_j < ℓ·min_{∉S} M_k
 
-    (the conditions on the complement are vacuous when S is everything)."""
+    (the conditions on the complement are vacuous when S is everything).
+
+    Returns:
+        The M_j in S, ascending.
+
+    Raises:
+        RuntimeError: no prefix qualifies (Aoyagi 2024, Lemma 3, excludes this; a bug).
+    """
     ordered = sorted(m)
     for size in range(2, len(ordered) + 1):
         inside, outside = ordered[:size], ordered[size:]
@@ -44,7 +53,7 @@ def deep_linear_network(widths: Sequence[int], true_rank: int) -> LearningCoeffi
     """Exact λ and m of a deep linear network at a truth of rank r (Aoyagi 2024, Main Theorem).
 
     With M_j = H_j − r (j = 0, …, L) and S the set chosen by the three conditions of
-    :func:`_choose_subset` (|S| = ℓ + 1), Σ = Σ_{j∈S} M_j and a = Σ − (⌈Σ/ℓ⌉ − 1)·ℓ ∈ {1, …, ℓ}:
+    :func:`_choose_subset` (``|S| = ℓ + 1``), Σ = Σ_{j∈S} M_j and a = Σ − (⌈Σ/ℓ⌉ − 1)·ℓ ∈ {1, …, ℓ}:
 
         λ = (−r² + r·(H_0 + H_L))/2 + a(ℓ − a)/(4ℓ) − (ℓ − 1)·Σ²/(4ℓ) + ½·Σ_{i<j ∈ S} M_i·M_j,
         m = a(ℓ − a) + 1.

@@ -15,7 +15,7 @@ Gaussian tail of the localization at radius R = 10/√γ (or the K-confined regi
 The reported error is the change between the grid and a grid of half the resolution.
 
 Example (docs/theory.md §1, K = ½w1²w2⁴, λ = 1/4):
-    >>> from theory import finite_n_target, zoo
+    >>> from slt_interp.theory import finite_n_target, zoo
     >>> t = finite_n_target(zoo.normal_crossing_potential([1, 2]), 10_000, localization=1.0)
     >>> round(t.value, 3)
     0.221
@@ -43,7 +43,7 @@ class FiniteNTarget:
 
     Attributes:
         value: the target E_p[nβK].
-        error: |value − value on a grid of half the resolution| (a quadrature error estimate).
+        error: the absolute change of ``value`` on a grid of half the resolution (a quadrature error estimate).
         num_samples: n.
         nbeta: nβ used (n / log n unless given).
         localization: γ.

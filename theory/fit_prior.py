@@ -36,7 +36,7 @@ __all__ = ["FamilyFit", "PriorFit", "fit_prior", "FAMILIES"]
 class _Family:
     support: str
     dist: stats.rv_continuous
-    density: sp.Expr  # in _A or _X, parameters below
+    density: sp.Expr  # normalised (as scipy's pdf, so that the L0 weight of a point mass is right), in _A or _X
     parameters: tuple[sp.Symbol, ...]
     to_values: Callable[[tuple], dict]  # scipy fit (shape..., loc, scale) → {symbol name: value}
     logpdf: Callable | None = None  # overrides dist.logpdf where scipy's underflows to −inf
@@ -52,16 +52,19 @@ FAMILIES: dict[str, _Family] = {
     "gaussian": _Family("real", stats.norm, sp.exp(-_A**2 / (2 * _S**2)) / sp.sqrt(2 * sp.pi * _S**2), (_S,),
                         lambda p: {"s": p[-1]}),
     "cauchy": _Family("real", stats.cauchy, 1 / (sp.pi * _S * (1 + _A**2 / _S**2)), (_S,), lambda p: {"s": p[-1]}),
-    "student_t": _Family("real", stats.t, (1 + _A**2 / (_NU * _S**2)) ** (-(_NU + 1) / 2), (_NU, _S),
+    "student_t": _Family("real", stats.t, sp.gamma((_NU + 1) / 2) / (sp.sqrt(_NU * sp.pi) * _S * sp.gamma(_NU / 2))
+                         * (1 + _A**2 / (_NU * _S**2)) ** (-(_NU + 1) / 2), (_NU, _S),
                          lambda p: {"nu": p[0], "s": p[-1]}),
-    "generalized_gaussian": _Family("real", stats.gennorm, sp.exp(-(sp.Abs(_A) / _S) ** _P), (_P, _S),
+    "generalized_gaussian": _Family("real", stats.gennorm,
+                                    _P / (2 * _S * sp.gamma(1 / _P)) * sp.exp(-(sp.Abs(_A) / _S) ** _P), (_P, _S),
                                     lambda p: {"p": p[0], "s": p[-1]}),
     "exponential": _Family("nonnegative", stats.expon, sp.exp(-_X / _S) / _S, (_S,), lambda p: {"s": p[-1]}),
-    "half_normal": _Family("nonnegative", stats.halfnorm, sp.exp(-_X**2 / (2 * _S**2)), (_S,),
-                           lambda p: {"s": p[-1]}),
+    "half_normal": _Family("nonnegative", stats.halfnorm, sp.sqrt(2 / sp.pi) / _S * sp.exp(-_X**2 / (2 * _S**2)),
+                           (_S,), lambda p: {"s": p[-1]}),
     "lomax": _Family("nonnegative", stats.lomax, _ALPHA / _S * (1 + _X / _S) ** (-(_ALPHA + 1)), (_ALPHA, _S),
                      lambda p: {"alpha": p[0], "s": p[-1]}),
-    "half_generalized_gaussian": _Family("nonnegative", stats.halfgennorm, sp.exp(-(_X / _S) ** _P), (_P, _S),
+    "half_generalized_gaussian": _Family("nonnegative", stats.halfgennorm,
+                                         _P / (_S * sp.gamma(1 / _P)) * sp.exp(-(_X / _S) ** _P), (_P, _S),
                                          lambda p: {"p": p[0], "s": p[-1]}),
 }
 
@@ -85,18 +88,18 @@ class FamilyFit:
         values: the fitted parameters by name (``pi_0`` is the point-mass weight when there is one).
         train_loglik: mean log-likelihood per training sample at the fit.
         heldout_loglik: mean log-likelihood per held-out sample.
-        heldout_se: its standard error (per-sample spread / √n_test).
+        heldout_std_err: its standard error (per-sample spread / √num_test_samples).
         gap: heldout_loglik of the best family minus this one (≥ 0).
-        gap_se: the paired standard error of ``gap``.
+        gap_std_err: the paired standard error of ``gap``.
     """
 
     family: str
     values: dict
     train_loglik: float
     heldout_loglik: float
-    heldout_se: float
+    heldout_std_err: float
     gap: float
-    gap_se: float
+    gap_std_err: float
 
 
 @dataclass(frozen=True)
@@ -106,20 +109,23 @@ class PriorFit:
     Attributes:
         ranking: the fits, best first.
         zero_fraction: the fraction of exact zeros (the point-mass weight π₀ fitted on train).
-        n_train, n_test: split sizes; seed: the split's seed.
+        num_train_samples: the training split's size.
+        num_test_samples: the held-out split's size.
+        seed: the split's seed.
         skipped: families that could not be fitted, with the reason.
     """
 
     ranking: tuple[FamilyFit, ...]
     zero_fraction: float
-    n_train: int
-    n_test: int
+    num_train_samples: int
+    num_test_samples: int
     seed: int
     skipped: tuple[tuple[str, str], ...] = ()
     _point_mass: bool = field(default=False, repr=False)
 
     @property
     def best(self) -> FamilyFit:
+        """The family with the highest held-out log-likelihood."""
         return self.ranking[0]
 
     @property
@@ -134,22 +140,34 @@ class PriorFit:
         return prior.penalty.subs({p: self.best.values[str(p)] for p in prior.parameters})
 
     def to_torch(self) -> Callable[[Tensor], Tensor]:
-        """The derived penalty as a torch function (see :meth:`PriorPenalty.to_torch`)."""
+        """The derived penalty with the fitted values, as a torch function.
+
+        Returns:
+            ``f(a)`` as in :meth:`PriorPenalty.to_torch`.
+        """
         return self.prior.to_torch(**self.best.values)
 
 
 def fit_prior(samples, families: Sequence[str] | None = None, *, test_fraction: float = 0.3, seed: int = 0) -> PriorFit:
     """Fit ``families`` to ``samples`` by maximum likelihood and rank them on held-out likelihood.
 
+    Each family's log-likelihood is ℓ(a) = log π₀ at a = 0 and log(1 − π₀) + log f(a) elsewhere (with
+    π₀ the training fraction of zeros, when there are zeros), w.r.t. δ₀ + Lebesgue; families are
+    ranked by the mean held-out ℓ per sample (docs/theory.md §4).
+
     Args:
         samples: array-like of activations (any shape; flattened). Exact zeros are a point mass.
-        families: names from :data:`FAMILIES`; default: those whose support contains the samples.
+        families: a sequence of names from :data:`FAMILIES`; default (None): those whose support
+            contains the samples.
         test_fraction: the held-out share (0 < f < 1).
         seed: seeds the train/test split.
 
+    Returns:
+        The :class:`PriorFit`, best family first.
+
     Raises:
-        ValueError: too few non-zero samples, non-finite samples, unknown family names, no family
-            whose support holds the samples.
+        ValueError: too few non-zero samples, non-finite samples, an empty or unknown family list (or
+            one name given as a string), no family whose support holds the samples.
     """
     x = np.asarray(samples.detach().cpu() if isinstance(samples, Tensor) else samples, dtype=np.float64).ravel()
     if not np.all(np.isfinite(x)):
@@ -159,6 +177,13 @@ def fit_prior(samples, families: Sequence[str] | None = None, *, test_fraction: 
     nonneg = bool(np.all(x >= 0))
     if families is None:
         families = [n for n, f in FAMILIES.items() if nonneg or f.support == "real"]
+    if isinstance(families, str):
+        raise ValueError(f"families must be a sequence of names, got the string {families!r}; "
+                         f"pass families=({families!r},)")
+    families = list(families)
+    if not families:
+        raise ValueError(f"families is empty: pass at least one of {sorted(FAMILIES)}, or families=None for "
+                         "every family whose support holds the samples")
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown famil(ies) {unknown}; choose from {sorted(FAMILIES)}")
@@ -200,9 +225,9 @@ def fit_prior(samples, families: Sequence[str] | None = None, *, test_fraction: 
     fits.sort(key=lambda f: -f[3])
     best = per_sample[fits[0][0]]
     ranking = []
-    for name, values, tr, te, se in fits:
+    for name, values, tr, te, std_err in fits:
         diff = best - per_sample[name]
-        ranking.append(FamilyFit(name, values, tr, te, se, float(np.mean(diff)),
+        ranking.append(FamilyFit(name, values, tr, te, std_err, float(np.mean(diff)),
                                  float(np.std(diff, ddof=1) / np.sqrt(diff.size))))
     return PriorFit(tuple(ranking), zero_fraction, train.size, test.size, seed, tuple(skipped), point_mass)
 

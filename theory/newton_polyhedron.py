@@ -44,15 +44,20 @@ Exponent = tuple[int, ...]
 
 
 class DegenerateError(ValueError):
-    """K is degenerate (or its non-degeneracy could not be certified) on a compact face of its
-    Newton polyhedron, so 1/t* need not be its learning coefficient."""
+    """K is degenerate on a compact face of its Newton polyhedron (or that could not be excluded).
+
+    Then 1/t* need not be its learning coefficient.
+    """
 
 
 @dataclass(frozen=True, repr=False)
 class NewtonPolyhedronResult(LearningCoefficient):
     """λ = 1/t* and m from the Newton polyhedron, with what produced them.
 
-    Attributes (besides ``value``, ``multiplicity``, ``source``):
+    Attributes:
+        value: λ = 1/t* (inherited from :class:`LearningCoefficient`, as are the next two).
+        multiplicity: m, the codimension of the smallest face containing (t*, …, t*).
+        source: the theorem used.
         newton_distance: t*, the exact Newton distance.
         face_exponents: exponents α of K lying on the smallest face containing (t*, …, t*).
         face_dimension: dimension of that face (d − m).
@@ -185,7 +190,11 @@ def _facets(points: list[Exponent], d: int) -> list[tuple[tuple[int, ...], int]]
     """All facets {x : ⟨a, x⟩ = b} of Γ₊ = conv(points) + R^d_≥0 as primitive integer (a ≥ 0, b).
 
     Every facet is spanned by d affinely independent generators (points and the rays e_j), so
-    enumerate the hyperplanes through d generators and keep the supporting ones."""
+    enumerate the hyperplanes through d generators and keep the supporting ones.
+
+    Returns:
+        The facets as pairs (a, b), a the primitive inner normal and b = ⟨a, x⟩ on the facet.
+    """
     facets = set()
     for k in range(1, min(d, len(points)) + 1):
         for pts in itertools.combinations(points, k):
@@ -266,7 +275,11 @@ def _components(ws, terms: Poly, face: _Face) -> list[tuple[tuple[sp.Symbol, ...
     """K_τ split into sums of polynomials in disjoint sets of variables, each with its variables.
 
     K_τ = f(x) + g(y) ≥ 0 with f(0) = g(0) = 0 forces f, g ≥ 0, so K_τ is ≥ 0 iff each part is,
-    and K_τ has a real zero (equivalently, a critical point) in the torus iff every part has one."""
+    and K_τ has a real zero (equivalently, a critical point) in the torus iff every part has one.
+
+    Returns:
+        One (variables, polynomial in those variables) pair per part.
+    """
     d = len(ws)
     parent = list(range(d))
 
@@ -295,7 +308,14 @@ def _reduction(points: list[Exponent], d: int) -> tuple[list[int], list[int]]:
 
     A face polynomial is quasi-homogeneous for every weight n ⊥ (α − α₀) (α on the face); the real
     scalings w_j → s^{n_j}·w_j (s > 0) act transitively on |w_J| when those weights restricted to J
-    are invertible, so every real torus point is equivalent to one with w_J ∈ {±1}^J."""
+    are invertible, so every real torus point is equivalent to one with w_J ∈ {±1}^J.
+
+    Returns:
+        The index lists (J, F).
+
+    Raises:
+        RuntimeError: no invertible minor exists (impossible for a face; a bug).
+    """
     base = points[0]
     directions = [[Fraction(a - b) for a, b in zip(p, base)] for p in points[1:]]
     normals = _nullspace(directions, d) if directions else [[Fraction(int(i == j)) for i in range(d)] for j in range(d)]
@@ -324,8 +344,13 @@ _GRID = (1 / 3, 1 / 2, 1.0, 2.0, 3.0, -1 / 3, -1 / 2, -1.0, -2.0, -3.0)
 
 
 def _negative_point(poly: Poly, k: int) -> tuple[Fraction, ...] | None:
-    """A rational point where poly < 0 (verified in exact arithmetic), searched on a grid and by
-    normalised gradient descent from every grid point; None when none is found."""
+    """A rational point where poly < 0, verified in exact arithmetic.
+
+    Searched on a grid and by normalised gradient descent from every grid point.
+
+    Returns:
+        The point, or None when none is found.
+    """
     exps = np.array(list(poly.keys()), dtype=float).reshape(len(poly), k)  # (terms, k)
     coefs = np.array([float(c) for c in poly.values()])  # (terms,)
     x = np.array(list(itertools.product(_GRID, repeat=k)))  # (starts, k)
@@ -361,12 +386,18 @@ def _positive_even(poly: Poly) -> bool:
 
 
 def _check_sign(ws, terms: Poly, face: _Face) -> None:
-    """K ≥ 0 near 0 forces K_τ ≥ 0 on R^d for each compact face τ (K(s^n·w)/s^b → K_τ(w) as s → 0⁺
+    """Raise unless the face polynomial K_τ can be ≥ 0 on R^d, as K ≥ 0 near 0 requires.
+
+    K ≥ 0 near 0 forces K_τ ≥ 0 on R^d for each compact face τ (K(s^n·w)/s^b → K_τ(w) as s → 0⁺
     for a positive weight n selecting τ). Monomials alone (vertices) are checked exactly (even
     exponents, positive coefficient); elsewhere a negative value is searched for on a grid and by
     local descent and verified in exact arithmetic — a necessary condition: a negative region the
     search misses goes undetected (on one-dimensional faces sign changes are also found exactly,
-    in :func:`_certify_one_variable`)."""
+    in :func:`_certify_one_variable`).
+
+    Raises:
+        ValueError: K_τ takes a negative value, so K is not ≥ 0 near 0.
+    """
     for xs, poly in _components(ws, terms, face):
         if len(poly) == 1:
             ((a, c),) = poly.items()
@@ -430,8 +461,15 @@ def _derivative(poly: Poly, i: int) -> Poly:
 
 
 def _certify_one_variable(xs, face_poly: Poly, poly: Poly) -> None:
-    """The face polynomial on a line of the torus is univariate. A real non-zero root of odd
-    multiplicity is a sign change (K not ≥ 0), one of even multiplicity a critical point."""
+    """Certify a face polynomial restricted to a line of the torus (a univariate polynomial).
+
+    A real non-zero root of odd multiplicity is a sign change (K not ≥ 0), one of even multiplicity
+    a critical point.
+
+    Raises:
+        ValueError: a sign change (K is not ≥ 0 near 0).
+        DegenerateError: a real critical point with all coordinates non-zero.
+    """
     x = sp.Symbol("x")
     _, factors = sp.Poly(_to_sympy(poly, (x,)), x).sqf_list()
     for factor, mult in factors:
@@ -454,9 +492,15 @@ def _certify_one_variable(xs, face_poly: Poly, poly: Poly) -> None:
 
 
 def _certify_several_variables(xs, face_poly: Poly, poly: Poly, k: int) -> None:
-    """No real zero of (P, ∇P) with all free coordinates non-zero, certified with a Gröbner basis
-    (the unit ideal: no complex solution) or, for a zero-dimensional ideal, by isolating the real
-    roots of each eliminant and excluding every candidate box with interval arithmetic."""
+    """Certify that (P, ∇P) has no real zero with all free coordinates non-zero.
+
+    Certified with a Gröbner basis (the unit ideal: no complex solution) or, for a zero-dimensional
+    ideal, by isolating the real roots of each eliminant and excluding every candidate box with
+    interval arithmetic.
+
+    Raises:
+        DegenerateError: a real critical point in the torus, or its absence could not be certified.
+    """
     ys = sp.symbols(f"x0:{k}")
     t = sp.Symbol("t")
     eqs = [_to_sympy(poly, ys)] + [_to_sympy(_derivative(poly, i), ys) for i in range(k)]
@@ -501,8 +545,10 @@ def _certify_several_variables(xs, face_poly: Poly, poly: Poly, k: int) -> None:
 
 
 def _certify_part(xs, poly: Poly) -> None:
-    """Return when the part is certified to have no real critical point (equivalently no real zero,
-    by Euler's relation, as it is ≥ 0) with all coordinates non-zero; else raise."""
+    """Return when the part has no real critical point with all coordinates non-zero; else raise.
+
+    Equivalently no real zero, by Euler's relation, as the part is ≥ 0.
+    """
     if len(poly) == 1 or _positive_even(poly):
         return  # c·w^α (α ≠ 0) has no critical point in the torus; a positive even sum is > 0 there
     J, F = _reduction(list(poly), len(xs))
@@ -515,8 +561,14 @@ def _certify_part(xs, poly: Poly) -> None:
 
 
 def _certify(ws, terms: Poly, face: _Face) -> None:
-    """Raise unless K_τ is certified to have no real critical point in (R \\ {0})^d. K_τ = Σ parts in
-    disjoint variables has one iff every part has one, so one certified part suffices."""
+    """Raise unless K_τ is certified to have no real critical point in (R∖{0})^d.
+
+    K_τ = Σ parts in disjoint variables has one iff every part has one, so one certified part
+    suffices.
+
+    Raises:
+        DegenerateError: no part could be certified.
+    """
     failures = []
     for xs, poly in _components(ws, terms, face):
         try:
@@ -539,7 +591,7 @@ def newton_polyhedron(K, variables: Sequence[sp.Symbol]) -> NewtonPolyhedronResu
     ``t* = min{t : (t, …, t) ∈ Γ₊} = max over facets ⟨a, x⟩ ≥ b of b/Σa``; λ = 1/t*, and m is the
     codimension of the smallest face of Γ₊ containing (t*, …, t*) (Varchenko 1976; Watanabe 2009,
     ch. 7). Valid when K is non-degenerate: every compact face polynomial K_τ has no critical point
-    in (R \\ {0})^d. That is certified exactly, else :class:`DegenerateError` is raised.
+    in (R∖{0})^d. That is certified exactly, else :class:`DegenerateError` is raised.
 
     Because K ≥ 0 near 0, its compact face polynomials are ≥ 0 on R^d, and at a real critical
     point in the torus K_τ = 0 (Euler's relation for quasi-homogeneous K_τ); so a sum of even

@@ -16,7 +16,7 @@ __all__ = ["normal_crossing"]
 
 
 def normal_crossing(exponents: Sequence[int], prior_exponents: Sequence[int] | None = None) -> LearningCoefficient:
-    """Exact λ and m of K(w) = Π_i w_i^(2k_i) near 0, prior density ∝ Π_i |w_i|^(h_i).
+    """Exact λ and m of K(w) = Π_i w_i^(2k_i) near 0, prior density ∝ ``Π_i |w_i|^(h_i)``.
 
     λ = min over {i : k_i > 0} of (h_i + 1)/(2k_i); m = #{i attaining the minimum}.
 

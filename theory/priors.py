@@ -26,11 +26,8 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import random
-import signal
-import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -38,6 +35,8 @@ import sympy as sp
 from torch import Tensor
 
 from ._lambdify import torch_function
+from ._normaliser import analyse_1d, simplify_density as _simplify_density
+from ._validate import parameter_values, real_penalty_values
 from .proximal import ProxOperator, derive_prox
 
 __all__ = ["PriorPenalty", "penalty_from_prior", "prior_from_penalty", "l0"]
@@ -48,7 +47,14 @@ _AE_ZERO = {"DiracDelta": lambda *x: 0.0, "sign": lambda x: (x > 0) - (x < 0)}
 
 
 def l0(a: sp.Symbol) -> sp.Expr:
-    """The L0 indicator [a ≠ 0] as a sympy expression (0 at a = 0, 1 elsewhere)."""
+    """The L0 indicator [a ≠ 0] as a sympy expression (0 at a = 0, 1 elsewhere).
+
+    Args:
+        a: the variable.
+
+    Returns:
+        ``Piecewise((0, Eq(a, 0)), (1, True))``, recognised by :func:`prior_from_penalty` as a point mass.
+    """
     return sp.Piecewise((0, sp.Eq(a, 0)), (1, True))
 
 
@@ -69,19 +75,28 @@ class PriorPenalty:
         l0_weight: λ₀, the cost of leaving zero when the prior has an atom at 0, else ``None``.
         zero_probability: P(a = 0) when the prior has an atom and it is computable, else ``None``.
         normaliser: Z = ∫ exp(−ρ) over the support (+1 for the atom), valid under ``proper_condition``;
-            ``None`` when it was not found.
+            ``None`` when it was not found or when sympy's closed form disagreed with quadrature at
+            sampled parameter values (``notes`` says which). Never an unchecked closed form.
         proper: True, False, or ``None`` (depends on the parameters, or undecided).
         proper_condition: a sympy condition on the parameters under which the prior is proper
-            (``sympy.true``/``sympy.false`` when decided outright; ``None`` when undecided).
+            (``sympy.true``/``sympy.false`` when decided outright; ``None`` when undecided). Proven
+            from the tail index (and the index at 0 where ρ is singular), else from a closed form
+            confirmed by quadrature (``notes`` says so).
         separable: True iff ρ is a sum of one-variable penalties (independent prior); ``None`` when
             undecided.
-        coupling: ``"none"``, ``"competition"`` (∂²ρ/∂a_1∂a_2 > 0), ``"co-activation"`` (< 0),
-            ``"mixed"`` or ``"undecided"``; evaluated on the open positive orthant.
+        coupling: over all pairs (i, j) with a non-zero ∂²ρ/∂a_i∂a_j on the open positive orthant:
+            ``"competition"`` (all > 0), ``"co-activation"`` (all < 0), ``"mixed"`` (signs differ
+            between pairs or within one), ``"none"`` (all zero) or ``"undecided"``.
         coupling_derivative: ∂²ρ/∂a_1∂a_2 on the positive orthant (d ≥ 2), else ``None``.
-        coupling_certified: whether the sign was proved symbolically (else found on sampled points).
+        coupling_proven: whether every pair's sign was proved symbolically (else some were found on
+            sampled points).
         prox: the proximal operator.
         notes: how undecided items were left undecided, and other caveats.
         source: where the pair comes from.
+        coupling_by_pair: ``(i, j, label)`` for every pair i < j (0-based), each label as ``coupling``.
+        tail_index: τ = lim ρ(a)/log|a| as |a| → ∞ (one-variable priors; the smaller of the two tails
+            on the real line): the density decays like |a|^(−τ), proper at infinity iff τ > 1. Checked
+            by a difference quotient at |a| = 10¹⁰⁰, 10²⁰⁰; ``None`` when not found or not confirmed.
     """
 
     variables: tuple[sp.Symbol, ...]
@@ -99,35 +114,53 @@ class PriorPenalty:
     separable: bool | None
     coupling: str
     coupling_derivative: sp.Expr | None
-    coupling_certified: bool
+    coupling_proven: bool
     prox: ProxOperator | None = field(repr=False)
     notes: tuple[str, ...] = ()
     source: str = ""
+    coupling_by_pair: tuple[tuple[int, int, str], ...] = ()
+    tail_index: sp.Expr | None = None
 
     @property
     def dim(self) -> int:
+        """d, the number of variables in one group."""
         return len(self.variables)
 
     @property
     def has_point_mass(self) -> bool:
+        """Whether the prior has an atom at zero (the penalty then has an L0 term)."""
         return self.l0_weight is not None
 
     def to_torch(self, **params: float) -> Callable[[Tensor], Tensor]:
-        """A differentiable torch function ``f(a)``: ``a`` of shape ``(..., n)`` → ρ summed, shape ``(...)``.
+        """A differentiable torch function ``f(a)``: ``a`` of shape ``(..., n)`` → Σ_groups ρ, shape ``(...)``.
 
         The last axis holds n / d groups of d latents (d = ``dim``); a one-variable penalty is applied
-        to every latent (the independent prior at any width). Parameters are bound by keyword.
-        Device and dtype follow ``a``.
+        to every latent (the independent prior at any width). Device and dtype follow ``a``. Where ρ
+        is not differentiable with an infinite slope (|a|^p with p < 1 at a = 0, √|a_i| in
+        (Σ√|a_i|)²), the gradient is the valid subgradient 0, never NaN.
+
+        Args:
+            **params: a number for every parameter (by name), within the symbol's assumptions
+                (``positive=True`` → > 0), finite, and such that the penalty is real.
+
+        Returns:
+            The function ``f``.
+
+        Raises:
+            ValueError: an unknown or missing parameter, a value that is NaN / inf / outside the
+                symbol's assumptions, or values that make the penalty non-real (e.g. π₀ > 1 in a
+                spike-and-slab).
         """
-        names = {str(p): p for p in self.parameters}
-        unknown = set(params) - set(names)
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {sorted(unknown)}; this penalty takes {sorted(names)}")
-        values = {names[k]: v for k, v in params.items()}
+        values = parameter_values(self.parameters, params, where="to_torch")
+        real_penalty_values(self.penalty, self.variables, self.support, values)
         return torch_function(self.penalty, self.variables, values)
 
     def latex(self) -> str:
-        """LaTeX lines: the penalty, the density, and the normaliser/properness."""
+        r"""LaTeX lines: the penalty, the density, and the normaliser / properness condition.
+
+        Returns:
+            The lines joined by ``\\``.
+        """
         rho = sp.latex(self.penalty)
         lines = [rf"\rho({', '.join(map(sp.latex, self.variables))}) = {rho}",
                  rf"p \propto {sp.latex(self.density)}"]
@@ -144,7 +177,9 @@ class PriorPenalty:
         if self.proper is None and self.proper_condition is None:
             proper = "properness undecided"
         sep = {True: "separable", False: "not separable", None: "separability undecided"}[self.separable]
-        return f"ρ = {self.penalty}  ↔  p ∝ {self.density} on {self.support} ({proper}, {sep}, coupling {self.coupling})"
+        notes = f"; {len(self.notes)} note(s), see .notes" if self.notes else ""
+        return (f"ρ = {self.penalty}  ↔  p ∝ {self.density} on {self.support} ({proper}, {sep}, "
+                f"coupling {self.coupling}{notes})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,6 +213,14 @@ def _support(variables, support):
         return "nonnegative" if all(v.is_nonnegative for v in variables) else "real"
     if support not in SUPPORTS:
         raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+    if support == "real":
+        declared = [str(v) for v in variables if v.is_nonnegative]
+        if declared:
+            raise ValueError(
+                f"support='real' but {', '.join(declared)} is declared nonnegative, so sympy would simplify "
+                f"with a ≥ 0 (e.g. |a| → a) and the prior on the negative half-line would be wrong; declare "
+                f"Symbol('{declared[0]}', real=True) for a prior on the real line, or pass support='nonnegative'"
+            )
     return support
 
 
@@ -200,11 +243,23 @@ def penalty_from_prior(density, variables, *, parameters: Sequence[sp.Symbol] = 
             ``w·DiracDelta(a)`` at zero (one variable only).
         variables: the symbols a_1..a_d.
         parameters: the other free symbols (declare them ``positive=True`` where they are).
-        support: ``"real"`` or ``"nonnegative"``; default from the symbols' assumptions.
+        support: ``"real"`` or ``"nonnegative"``; default from the symbols' assumptions. ``"real"``
+            with a variable declared nonnegative is refused.
+        source: a label stored in the result.
+
+    Returns:
+        The :class:`PriorPenalty`; its normaliser, properness and tail index are cross-checked
+        numerically (``None`` with a note where a check failed).
 
     Raises:
         ValueError: unbound free symbols; a density that is negative somewhere on the support or
-            identically zero; a point mass not at zero or in several variables.
+            identically zero; a point mass not at zero or in several variables; ``support="real"``
+            with a nonnegative variable.
+
+    Example:
+        >>> a = sp.Symbol("a", real=True)
+        >>> penalty_from_prior(sp.exp(-sp.Abs(a - 1)) / 2, [a]).normaliser
+        2
     """
     variables = _check_variables(variables)
     density = sp.sympify(density)
@@ -228,8 +283,20 @@ def prior_from_penalty(penalty, variables, *, parameters: Sequence[sp.Symbol] = 
 
     An L0 term (see :func:`l0`) gives a point mass at zero. Additive constants of ρ are dropped.
 
+    Args:
+        penalty: sympy expression ρ(a) in ``variables`` (and ``parameters``).
+        variables: the symbols a_1..a_d.
+        parameters: the other free symbols.
+        support: ``"real"`` or ``"nonnegative"``; default from the symbols' assumptions.
+        strength: a symbol s multiplying ρ (added to the parameters), or None for s = 1.
+        source: a label stored in the result.
+
+    Returns:
+        The :class:`PriorPenalty`.
+
     Raises:
-        ValueError: unbound free symbols; a penalty that is −∞ or not real somewhere.
+        ValueError: unbound free symbols; a penalty that is −∞ or not real somewhere; a strength that
+            is not a Symbol; ``support="real"`` with a nonnegative variable.
     """
     variables = _check_variables(variables)
     penalty = sp.sympify(penalty)
@@ -298,6 +365,12 @@ def _split_constant(expr, variables):
 
     A product or power is kept whole (its hidden constants, e.g. the 1 in (1 + |a|)(1 + |b|), stay in
     the penalty), so the penalty keeps the structure that makes its torch function fast.
+
+    Returns:
+        (terms with variables, constant).
+
+    Raises:
+        ValueError: no term depends on the variables.
     """
     terms = sp.Add.make_args(expr)
     var_part = sp.Add(*[t for t in terms if t.free_symbols & set(variables)])
@@ -313,6 +386,9 @@ def _check_nonnegative(expr, variables, parameters, support, what="density", poi
     Parameters are sampled in (0.3, 3) when positive (else (−2, 2)); a density that is negative only
     for some parameter values (e.g. a weight 1 − p with p > 1) is accepted: that restriction is the
     user's to state.
+
+    Raises:
+        ValueError: identically zero, negative, or not real.
     """
     if expr == 0:
         raise ValueError(f"the {what} is identically zero")
@@ -355,12 +431,14 @@ def _analyse(rho_slab, variables, parameters, support, dropped, l0_weight, sourc
         a = variables[0]
         penalty = sp.Piecewise((0, sp.Eq(a, 0)), (l0_weight + rho_slab, True))
     separable, pieces = _separability(rho_slab, variables, parameters, notes)
-    coupling, coupling_derivative, certified = _coupling(rho_slab, variables, parameters, notes)
-    Z_slab, proper, condition = _normaliser(rho_slab, variables, support, separable, pieces, notes)
+    coupling, coupling_derivative, proven, by_pair = _coupling(rho_slab, variables, parameters, notes)
+    Z_slab, proper, condition, tail = _normaliser(rho_slab, variables, parameters, support, separable, pieces, notes)
     normaliser, zero_prob = Z_slab, None
     if l0_weight is not None and Z_slab is not None:
         normaliser = sp.simplify(1 + sp.exp(-l0_weight) * Z_slab)
         zero_prob = sp.simplify(1 / normaliser)
+    elif l0_weight is not None:
+        notes.append("the slab's normaliser is not known, so P(a = 0) is not reported")
     try:
         prox = derive_prox(penalty, variables, support, parameters)
     except Exception as err:  # sympy may fail on exotic penalties; fall back to numerics
@@ -371,24 +449,9 @@ def _analyse(rho_slab, variables, parameters, support, dropped, l0_weight, sourc
         dropped_constant=sp.simplify(dropped), support=support, slab_penalty=rho_slab, l0_weight=l0_weight,
         zero_probability=zero_prob, normaliser=normaliser, proper=proper, proper_condition=condition,
         separable=separable, coupling=coupling, coupling_derivative=coupling_derivative,
-        coupling_certified=certified, prox=prox, notes=tuple(notes), source=source,
+        coupling_proven=proven, coupling_by_pair=by_pair, tail_index=tail, prox=prox, notes=tuple(notes),
+        source=source,
     )
-
-
-def _simplify_density(expr):
-    """exp(−s·log u + rest) → u^(−s)·exp(rest), in every exp factor (sympy integrates powers far faster)."""
-
-    def convert(e):
-        factors, rest = [], []
-        for term in sp.Add.make_args(sp.expand(e.args[0])):
-            logs = [f for f in sp.Mul.make_args(term) if isinstance(f, sp.log)]
-            if len(logs) == 1:
-                factors.append(logs[0].args[0] ** sp.cancel(term / logs[0]))
-            else:
-                rest.append(term)
-        return sp.Mul(*factors) * sp.exp(sp.Add(*rest)) if factors else e
-
-    return sp.powsimp(expr.replace(lambda e: isinstance(e, sp.exp), convert), force=True)
 
 
 def _positive_dummies(variables):
@@ -418,17 +481,22 @@ def _separability(rho, variables, parameters, notes):
     base = {v: 0 for v in variables}
     if sp.simplify(rho.subs(base)).is_finite is not True:
         base = {v: 1 for v in variables}
-    at_base = rho.subs(base)
+    at_base = sp.simplify(rho.subs(base))
     pieces = tuple(sp.simplify(rho.subs({u: base[u] for u in variables if u != v}) - at_base) for v in variables)
-    return True, pieces
+    # numerical check of the decomposition ρ(a) = Σ_k piece_k(a_k) + ρ(base) at sampled points
+    residual = rho - sum(p for p in pieces) - at_base
+    if _nonzero_somewhere(residual, variables, parameters, signed=True):
+        notes.append("the mixed derivatives vanish but ρ ≠ Σ_k ρ_k(a_k) at sampled points; separability undecided")
+        return None, None
+    return True, (pieces, at_base)
 
 
-def _nonzero_somewhere(expr, variables, parameters, points=32):
+def _nonzero_somewhere(expr, variables, parameters, points=32, signed=False):
     rng = random.Random(1)
     fn = sp.lambdify(tuple(variables) + tuple(parameters), expr, [_AE_ZERO, "math"])
     for _ in range(points):
         pv = _sample_parameters(parameters, rng)
-        xs = [rng.uniform(0.1, 3) for _ in variables]
+        xs = [rng.uniform(0.1, 3) * (rng.choice((-1, 1)) if signed else 1) for _ in variables]
         try:
             if abs(fn(*xs, *pv.values())) > 1e-9:
                 return True
@@ -437,13 +505,12 @@ def _nonzero_somewhere(expr, variables, parameters, points=32):
     return False
 
 
-def _coupling(rho, variables, parameters, notes):
-    if len(variables) < 2:
-        return "none", None, True
-    d2 = sp.diff(rho, variables[0], variables[1])
+def _pair_coupling(rho, ai, aj, variables, parameters):
+    """Sign of ∂²ρ/∂a_i∂a_j on the open positive orthant → (label, derivative, proven, sampled)."""
     pos = _positive_dummies(variables)
-    on_orthant = sp.simplify(d2.subs(pos))
     back = {v: k for k, v in pos.items()}
+    d2 = sp.diff(rho, ai, aj)
+    on_orthant = sp.simplify(d2.subs(pos))
     if on_orthant == 0:
         return "none", sp.Integer(0), True
     if on_orthant.is_positive:
@@ -463,108 +530,80 @@ def _coupling(rho, variables, parameters, notes):
         if math.isfinite(val) and val != 0:
             signs.add(val > 0)
     if not signs:
-        notes.append("coupling sign undecided: no finite non-zero ∂²ρ/∂a₁∂a₂ at sampled points")
         return "undecided", on_orthant.subs(back), False
-    notes.append("coupling sign found on 64 sampled points of the positive orthant, not proved")
     label = "mixed" if len(signs) == 2 else ("competition" if True in signs else "co-activation")
     return label, on_orthant.subs(back), False
 
 
-class _SympyTimeout(Exception):
-    pass
+def _coupling(rho, variables, parameters, notes):
+    """The coupling over all pairs (i, j).
+
+    ``none`` / ``competition`` / ``co-activation`` when every pair with a non-zero mixed derivative has
+    that sign, ``mixed`` when the signs differ (between pairs or within one pair), ``undecided`` when a
+    pair's sign could not be found.
+
+    Returns:
+        (label, ∂²ρ/∂a_1∂a_2 on the orthant, whether all signs are proven, per-pair labels).
+    """
+    if len(variables) < 2:
+        return "none", None, True, ()
+    d = len(variables)
+    # ρ invariant under a transposition and a cyclic shift (which generate all permutations): every pair
+    # has the coupling of (a_1, a_2), so one pair is computed (d(d − 1)/2 of them otherwise)
+    swap = {variables[0]: variables[1], variables[1]: variables[0]}
+    shift = {variables[k]: variables[(k + 1) % d] for k in range(d)}
+    symmetric = rho.xreplace(swap) == rho and rho.xreplace(shift) == rho
+    by_pair, first, proven = [], None, True
+    for i in range(d):
+        for j in range(i + 1, d):
+            if symmetric and by_pair:
+                by_pair.append((i, j, by_pair[0][2]))
+                continue
+            label, derivative, pair_proven = _pair_coupling(rho, variables[i], variables[j], variables, parameters)
+            by_pair.append((i, j, label))
+            first = derivative if first is None else first
+            proven = proven and pair_proven
+            if not pair_proven:
+                what = "undecided (no finite non-zero value at sampled points)" if label == "undecided" else \
+                    f"{label}, found on 64 sampled points of the positive orthant, not proved"
+                notes.append(f"coupling of ({variables[i]}, {variables[j]}): {what}")
+    labels = {lab for _, _, lab in by_pair} - {"none"}
+    if "undecided" in labels:
+        coupling = "undecided"
+    elif not labels:
+        coupling = "none"
+    elif len(labels) == 1:
+        coupling = labels.pop()
+    else:
+        coupling = "mixed"
+    return coupling, first, proven, tuple(by_pair)
 
 
-@contextlib.contextmanager
-def _time_limit(seconds: float):
-    """Interrupt a sympy call after ``seconds`` (main thread only; elsewhere no limit)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def handler(signum, frame):
-        raise _SympyTimeout
-
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-SYMPY_SECONDS = 3.0  # the time sympy gets for one integral or limit before "undecided"
-
-
-def _integrate_1d(rho, a, support, notes):
-    """∫ exp(−ρ) over the support → (Z or None, proper, condition)."""
-    x = sp.Symbol("x_int", positive=True)
-    halves = [rho.subs(a, x)]
-    if support == "real":
-        halves.append(rho.subs(a, -x))
-        if sp.simplify(halves[0] - halves[1]) == 0:
-            halves = [halves[0], halves[0]]
-    total, conditions = sp.Integer(0), []
-    for half in halves:
-        dens = _simplify_density(sp.exp(-half))
-        try:
-            with _time_limit(SYMPY_SECONDS):
-                Z = sp.integrate(dens, (x, 0, sp.oo), conds="piecewise")
-        except Exception as err:  # sympy raises assorted errors on hard integrals
-            reason = f"timed out after {SYMPY_SECONDS} s" if isinstance(err, _SympyTimeout) else type(err).__name__
-            notes.append(f"sympy could not integrate exp(−ρ) ({reason})")
-            Z = sp.Integral(dens, (x, 0, sp.oo))
-        if isinstance(Z, sp.Piecewise):
-            value, cond = Z.args[0]
-            if value.has(sp.Integral):
-                value, cond = None, None
-            else:
-                conditions.append(cond)
-                Z = value
-        if Z is None or (isinstance(Z, sp.Basic) and Z.has(sp.Integral)):
-            tail = _tail_index(half, x)
-            if tail is not None and tail.is_number and tail < 1:
-                return None, False, sp.false
-            notes.append("normaliser not found in closed form; properness undecided"
-                         + (f" (tail index lim ρ/log a = {tail})" if tail is not None else ""))
-            return None, None, None
-        if Z == sp.oo or Z.has(sp.oo, sp.zoo, sp.nan):
-            return None, False, sp.false
-        total += Z
-    condition = sp.And(*conditions) if conditions else sp.true
-    condition = sp.simplify(condition)
-    Z = sp.simplify(sp.gammasimp(total))
-    if condition == sp.true:
-        return Z, True, sp.true
-    if condition == sp.false:
-        return None, False, sp.false
-    return Z, None, condition
-
-
-def _tail_index(rho, x):
-    try:
-        with _time_limit(SYMPY_SECONDS):
-            return sp.limit(rho / sp.log(x), x, sp.oo)
-    except Exception:  # noqa: BLE001 - sympy's limit raises many types
-        return None
-
-
-def _normaliser(rho, variables, support, separable, pieces, notes):
+def _normaliser(rho, variables, parameters, support, separable, pieces, notes):
+    """(Z, proper, condition, tail index) of exp(−ρ); see :mod:`._normaliser` for how each is checked."""
     if len(variables) == 1:
-        return _integrate_1d(rho, variables[0], support, notes)
+        r = analyse_1d(rho, variables[0], support, tuple(parameters))
+        notes.extend(r.notes)
+        return r.normaliser, r.proper, r.condition, r.tail_index
     if separable:
-        Z, proper, conds = sp.Integer(1), True, []
+        # ρ = Σ_k piece_k(a_k) + ρ(base): Z = exp(−ρ(base))·Π_k Z_k
+        pieces, at_base = pieces
+        Z, proper, conds = sp.exp(-at_base), True, []
         for v, piece in zip(variables, pieces):
-            Zk, pk, ck = _integrate_1d(piece, v, support, notes)
-            if pk is False:
-                return None, False, sp.false
-            if Zk is None:
-                return None, None, None
-            Z *= Zk
-            conds.append(ck)
-            if pk is None:
+            r = analyse_1d(piece, v, support, tuple(parameters))
+            notes.extend(f"{v}: {n}" for n in r.notes)
+            if r.proper is False:
+                return None, False, sp.false, None
+            if r.condition is None:
+                return None, None, None, None
+            conds.append(r.condition)
+            if r.proper is None:
                 proper = None
+            if r.normaliser is None:
+                Z = None
+            elif Z is not None:
+                Z *= r.normaliser
         cond = sp.simplify(sp.And(*conds))
-        return sp.simplify(Z), (True if cond == sp.true else proper), cond
+        return (None if Z is None else sp.simplify(Z)), (True if cond == sp.true else proper), cond, None
     notes.append("non-separable penalty: the normaliser and properness are not derived symbolically")
-    return None, None, None
+    return None, None, None, None

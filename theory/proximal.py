@@ -16,6 +16,7 @@ infimum is approached as a → 0⁺ and not attained; the operator then returns 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ._lambdify import torch_function
+from ._validate import parameter_values, real_penalty_values
 
 __all__ = ["ProxOperator", "derive_prox", "soft_threshold", "block_soft_threshold", "topk_projection"]
 
@@ -45,6 +47,8 @@ class ProxOperator:
             known operator (``"block soft threshold"``, ``"top-k projection"``).
         candidates: the closed-form stationary points in (v, t), for a > 0 then a < 0; empty otherwise.
         parameters: the other symbols of ρ, bound by keyword when calling.
+        n_positive: how many of ``candidates`` are for a > 0 (the rest are for a < 0).
+        special: a known operator ``f(v, step, values)`` used instead (group lasso, TopK), or None.
     """
 
     penalty: sp.Expr
@@ -57,6 +61,11 @@ class ProxOperator:
     special: Callable | None = field(default=None, repr=False, compare=False)
 
     def latex(self) -> str:
+        """The operator in LaTeX (the candidate set when in closed form).
+
+        Returns:
+            One LaTeX line.
+        """
         if self.method == "closed form":
             cands = ", ".join(["0"] + [sp.latex(c) for c in self.candidates])
             return (r"\operatorname{prox}_{t\rho}(v) = \operatorname*{arg\,min}_{a \in \{" + cands
@@ -65,30 +74,38 @@ class ProxOperator:
             rf"\quad \text{{({self.method})}}"
 
     def __call__(self, v: Tensor, step: float = 1.0, **params: float) -> Tensor:
-        """Apply the prox with step ``t = step`` to ``v`` of shape ``(..., n)``, n a multiple of d."""
-        if not step > 0:
-            raise ValueError(f"the step t must be positive, got {step}")
-        values = _bind(self.parameters, params)
+        """Apply the prox with step ``t = step`` to ``v``, per group of d = ``len(variables)`` coordinates.
+
+        Args:
+            v: shape ``(..., n)`` with n a multiple of d.
+            step: t > 0.
+            **params: a number for every parameter of ρ (see :meth:`PriorPenalty.to_torch`).
+
+        Returns:
+            prox_{tρ}(v), the shape, dtype and device of ``v``.
+
+        Raises:
+            ValueError: a non-positive or non-finite step, n not a multiple of d, or a missing, unknown
+                or invalid parameter value (NaN, outside the symbol's assumptions, or making ρ
+                non-real, e.g. π₀ > 1).
+        """
+        if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
+            raise ValueError(f"the step t must be a finite positive number, got {step!r}")
+        d = len(self.variables)
+        if not isinstance(v, Tensor) or v.ndim == 0 or v.shape[-1] % d:
+            shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+            raise ValueError(f"this prox acts on groups of {d} coordinates, so the last dimension of v must be a "
+                             f"multiple of {d}; got {shape}. Pad or reshape v to (..., k·{d})")
+        values = parameter_values(self.parameters, params, where="prox")
+        real_penalty_values(self.penalty, self.variables, self.support, values)
         if self.special is not None:
             return self.special(v, step, values)
-        d = len(self.variables)
         if d == 1:
             objective = torch_function(self.penalty, self.variables, values, reduce=False)
             if self.method == "closed form":
                 return _prox_candidates(self, v, step, values, objective)
             return _prox_grid(v, step, objective, self.support)
         return _prox_nelder_mead(self.penalty, self.variables, v, step, values, self.support)
-
-
-def _bind(parameters, params) -> dict:
-    names = {str(p): p for p in parameters}
-    unknown = set(params) - set(names)
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; this prox takes {sorted(names)}")
-    missing = set(names) - set(params)
-    if missing:
-        raise ValueError(f"unbound parameter(s) {sorted(missing)}: pass them by keyword, e.g. {sorted(missing)[0]}=1.0")
-    return {names[k]: float(v) for k, v in params.items()}
 
 
 def _objective(a, v, step, objective):
@@ -173,7 +190,19 @@ def _stationary_roots(rho_piece: sp.Expr, sign: int):
 
 def derive_prox(penalty: sp.Expr, variables: Sequence[sp.Symbol], support: str,
                 parameters: Sequence[sp.Symbol] = ()) -> ProxOperator:
-    """The proximal operator of ``penalty`` (see the module docstring for the method)."""
+    """The proximal operator prox_{tρ}(v) = argmin_a ½‖a − v‖² + t·ρ(a) of ``penalty``.
+
+    See the module docstring for the method (closed-form candidates, else numerical).
+
+    Args:
+        penalty: ρ in ``variables``.
+        variables: the coordinates of one group.
+        support: ``"real"`` or ``"nonnegative"``.
+        parameters: the other symbols of ρ.
+
+    Returns:
+        The :class:`ProxOperator`.
+    """
     variables = tuple(variables)
     parameters = tuple(parameters)
     if len(variables) > 1:
@@ -201,16 +230,46 @@ def _positive_piece(penalty: sp.Expr, a: sp.Symbol, sign: int) -> sp.Expr:
 # ------------------------------------------------------------------------------------------------
 # Operators known in closed form for penalties of several variables
 # ------------------------------------------------------------------------------------------------
+def _check_groups(v: Tensor, group: int) -> int:
+    if v.ndim == 0 or v.shape[-1] % group:
+        raise ValueError(f"this prox acts on groups of {group} coordinates, so the last dimension of v must be a "
+                         f"multiple of {group}; got {tuple(v.shape)}. Pad or reshape v to (..., k·{group})")
+    return group
+
+
 def soft_threshold(v: Tensor, threshold: float, nonnegative: bool = False) -> Tensor:
-    """prox of threshold·|a|: sign(v)·max(|v| − threshold, 0); on a ≥ 0: ReLU(v − threshold)."""
+    """prox of threshold·|a|: sign(v)·max(|v| − threshold, 0); on a ≥ 0: ReLU(v − threshold).
+
+    Args:
+        v: any shape.
+        threshold: t·λ ≥ 0.
+        nonnegative: the support a ≥ 0.
+
+    Returns:
+        The thresholded tensor, shape of ``v``.
+    """
     if nonnegative:
         return torch.relu(v - threshold)
     return torch.sign(v) * torch.relu(v.abs() - threshold)
 
 
 def block_soft_threshold(v: Tensor, threshold: float, group: int) -> Tensor:
-    """prox of threshold·‖a_g‖₂ per group of ``group`` coordinates: v·max(1 − threshold/‖v_g‖, 0)
-    (Yuan & Lin 2006, group lasso)."""
+    """prox of threshold·‖a_g‖₂ per group of ``group`` coordinates: v·max(1 − threshold/‖v_g‖, 0).
+
+    Yuan & Lin 2006 (group lasso).
+
+    Args:
+        v: shape ``(..., n)``, n a multiple of ``group``.
+        threshold: t·λ ≥ 0.
+        group: the group size.
+
+    Returns:
+        The shrunk tensor, shape of ``v``.
+
+    Raises:
+        ValueError: n is not a multiple of ``group``.
+    """
+    _check_groups(v, group)
     g = v.reshape(*v.shape[:-1], v.shape[-1] // group, group)
     norm = g.norm(dim=-1, keepdim=True)
     scale = torch.relu(1 - threshold / norm.clamp_min(torch.finfo(v.dtype).tiny))
@@ -218,7 +277,22 @@ def block_soft_threshold(v: Tensor, threshold: float, group: int) -> Tensor:
 
 
 def topk_projection(v: Tensor, k: int, group: int | None = None) -> Tensor:
-    """Euclidean projection onto vectors with at most k non-zeros (per group): keep the k largest |v|."""
+    """Euclidean projection onto vectors with at most k non-zeros (per group): keep the k largest |v|.
+
+    Args:
+        v: shape ``(..., n)``.
+        k: non-zeros kept per group (or per row when ``group`` is None).
+        group: the group size, n a multiple of it; None: the whole last axis.
+
+    Returns:
+        The projection, shape of ``v``.
+
+    Raises:
+        ValueError: n is not a multiple of ``group``, or k exceeds the group size.
+    """
+    size = v.shape[-1] if group is None else _check_groups(v, group)
+    if not 0 <= k <= size:
+        raise ValueError(f"k = {k} non-zeros cannot be kept in groups of {size}; pass 0 ≤ k ≤ {size}")
     g = v if group is None else v.reshape(*v.shape[:-1], v.shape[-1] // group, group)
     idx = g.abs().topk(k, dim=-1).indices
     out = torch.zeros_like(g).scatter(-1, idx, g.gather(-1, idx))

@@ -11,7 +11,7 @@ Extending the zoo: write a factory returning one of these two dataclasses and ad
 :data:`POTENTIALS` or :data:`MODELS` (name → zero-argument factory).
 
 Example:
-    >>> from theory import zoo
+    >>> from slt_interp.theory import zoo
     >>> m = zoo.reduced_rank_model(4, 3, 4, 1)
     >>> x, y = m.sample(100, seed=0)
     >>> float(m.llc.value)
@@ -68,9 +68,21 @@ class Potential:
 
     @property
     def dim(self) -> int:
+        """The number d of variables."""
         return len(self.variables)
 
     def __call__(self, w: Tensor) -> Tensor:
+        """K(w) for ``w`` of shape (..., d); returns shape (...).
+
+        Args:
+            w: points of shape (..., d).
+
+        Returns:
+            K at each point, shape (...), on the device and dtype of ``w``.
+
+        Raises:
+            ValueError: the last dimension of ``w`` is not d.
+        """
         if w.shape[-1] != self.dim:
             raise ValueError(f"{self.name} takes {self.dim} coordinates, got shape {tuple(w.shape)}")
         return self.fn(w)
@@ -81,7 +93,15 @@ def _symbols(d: int, offset: int = 0) -> tuple[sp.Symbol, ...]:
 
 
 def normal_crossing_potential(exponents: Sequence[int], coefficient: Fraction = Fraction(1, 2)) -> Potential:
-    """K(w) = c·Π_i w_i^(2k_i), λ from :func:`slt_interp.theory.normal_crossing`."""
+    """K(w) = c·Π_i w_i^(2k_i), λ from :func:`slt_interp.theory.normal_crossing` (docs/theory.md §2).
+
+    Args:
+        exponents: the k_i ≥ 0, one per variable, at least one > 0.
+        coefficient: c > 0 (default ½).
+
+    Returns:
+        The :class:`Potential`, with exact λ and m.
+    """
     ks = [int(k) for k in exponents]
     llc = normal_crossing(ks)
     ws = _symbols(len(ks))
@@ -96,7 +116,20 @@ def normal_crossing_potential(exponents: Sequence[int], coefficient: Fraction = 
 
 
 def sum_potential(*parts: Potential) -> Potential:
-    """K(w) = Σ_j K_j(w_(j)) in disjoint blocks of variables: λ = Σ λ_j, m = Σ m_j − (J − 1)."""
+    """K(w) = Σ_j K_j(w_(j)) in disjoint blocks of variables: λ = Σ λ_j, m = Σ m_j − (J − 1).
+
+    The sum rule of docs/theory.md §1; the variables of the j-th part are renumbered after those of
+    the parts before it.
+
+    Args:
+        *parts: J ≥ 2 potentials.
+
+    Returns:
+        The :class:`Potential` of the sum, with exact λ and m.
+
+    Raises:
+        ValueError: fewer than two parts.
+    """
     if len(parts) < 2:
         raise ValueError("sum_potential needs at least two potentials")
     exprs, ws, llc, sizes, offset = [], [], None, [], 0
@@ -121,6 +154,16 @@ def rotate_potential(potential: Potential, rotation: Tensor) -> Potential:
     """K_R(w) = K(R·w) for an orthogonal R: λ and m are unchanged (analytic change of coordinates).
 
     The sympy expression is rotated too (with float entries), the torch function exactly.
+
+    Args:
+        potential: the potential K in d variables.
+        rotation: an orthogonal d×d matrix R (tensor or nested lists).
+
+    Returns:
+        The rotated :class:`Potential`, with the λ and m of ``potential``.
+
+    Raises:
+        ValueError: R is not d×d or not orthogonal (R Rᵀ = I to 1e-10).
     """
     R = torch.as_tensor(rotation, dtype=torch.float64)
     d = potential.dim
@@ -165,12 +208,26 @@ class KnownModel:
 
     @property
     def num_params(self) -> int:
+        """The number d of parameters of ``model``."""
         return sum(p.numel() for p in self.model.parameters())
 
-    def sample(self, n: int, seed: int = 0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Draw n pairs (x, y) with x ~ N(0, I) and y = f(x; w*) + noise_std·ε (seeded)."""
+    def sample(self, num_samples: int, seed: int = 0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draw n = ``num_samples`` pairs (x, y) with x ~ N(0, I) and y = f(x; w*) + noise_std·ε (seeded).
+
+        Args:
+            num_samples: n, the number of pairs.
+            seed: seeds a fresh CPU generator (ignored when ``generator`` is given).
+            generator: a ``torch.Generator`` to draw from instead.
+
+        Returns:
+            ``(x, y)`` of shapes (n, input_dim) and (n, output_dim), on the model's device and dtype.
+
+        Raises:
+            ValueError: ``num_samples`` < 1.
+        """
+        n = num_samples
         if n < 1:
-            raise ValueError(f"n must be ≥ 1, got {n}")
+            raise ValueError(f"num_samples must be ≥ 1, got {n}")
         p = next(self.model.parameters())
         g = generator if generator is not None else torch.Generator(device="cpu").manual_seed(seed)
         x = torch.randn(n, self.input_dim, generator=g, dtype=p.dtype).to(p.device)
@@ -182,7 +239,11 @@ class KnownModel:
 
 
 class DeepLinearNetwork(nn.Module):
-    """f(x) = W_L ⋯ W_1 x, no biases; ``widths`` = [H_0 (input), ..., H_L (output)]."""
+    """f(x) = W_L ⋯ W_1 x, no biases.
+
+    Args:
+        widths: ``[H_0 (input), ..., H_L (output)]``; layer j is an ``nn.Linear(H_{j−1}, H_j)``.
+    """
 
     def __init__(self, widths: Sequence[int]):
         super().__init__()
@@ -192,6 +253,14 @@ class DeepLinearNetwork(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """W_L ⋯ W_1 x.
+
+        Args:
+            x: inputs of shape (..., H_0).
+
+        Returns:
+            Outputs of shape (..., H_L).
+        """
         for layer in self.layers:
             x = layer(x)
         return x
@@ -203,8 +272,11 @@ def _mse(prediction: Tensor, target: Tensor) -> Tensor:
 
 
 def _place_teacher(model: DeepLinearNetwork, rank: int, generator: torch.Generator) -> None:
-    """Set w* to a rank-r product whose factors all have rank exactly r (the most singular points
-    of the set of true parameters): only the leading r rows/columns of each factor are non-zero."""
+    """Set w* to a rank-r product whose factors all have rank exactly r.
+
+    These are the most singular points of the set of true parameters: only the leading r
+    rows/columns of each factor are non-zero.
+    """
     with torch.no_grad():
         n_layers = len(model.layers)
         for j, layer in enumerate(model.layers):
@@ -220,8 +292,24 @@ def _place_teacher(model: DeepLinearNetwork, rank: int, generator: torch.Generat
 def deep_linear_model(
     widths: Sequence[int], true_rank: int, *, seed: int = 0, noise_std: float = 0.0, dtype: torch.dtype = torch.float64
 ) -> KnownModel:
-    """A deep linear network at a rank-``true_rank`` truth; λ from :func:`slt_interp.theory.deep_linear_network`
-    (Aoyagi 2024), or from the reduced-rank formula for one hidden layer."""
+    """A deep linear network at a rank-``true_rank`` truth, with its exact λ (docs/theory.md §2).
+
+    λ comes from :func:`slt_interp.theory.deep_linear_network` (Aoyagi 2024), or from the
+    reduced-rank formula for one hidden layer.
+
+    Args:
+        widths: ``[H_0 (input), H_1, …, H_L (output)]``, at least one hidden layer.
+        true_rank: r, the rank of the true product.
+        seed: seeds the random factors of w*.
+        noise_std: standard deviation of the Gaussian noise that ``sample`` adds to the targets.
+        dtype: dtype of the model.
+
+    Returns:
+        The :class:`KnownModel` (MSE loss summed over outputs, averaged over samples).
+
+    Raises:
+        ValueError: fewer than three widths (the exact formulas raise for invalid widths or ranks).
+    """
     widths = [int(w) for w in widths]
     if len(widths) < 3:
         raise ValueError("widths must list input, at least one hidden and the output width")
@@ -241,7 +329,20 @@ def reduced_rank_model(
     input_dim: int, hidden_dim: int, output_dim: int, true_rank: int, *, seed: int = 0, noise_std: float = 0.0,
     dtype: torch.dtype = torch.float64,
 ) -> KnownModel:
-    """y = B·A·x at a rank-r truth (Aoyagi & Watanabe 2005); a two-layer :class:`DeepLinearNetwork`."""
+    """y = B·A·x at a rank-r truth (Aoyagi & Watanabe 2005); a two-layer :class:`DeepLinearNetwork`.
+
+    Args:
+        input_dim: M, the input dimension.
+        hidden_dim: H, the hidden dimension.
+        output_dim: N, the output dimension.
+        true_rank: r ≤ H, the rank of the true product BA.
+        seed: seeds the random factors of w*.
+        noise_std: standard deviation of the Gaussian noise that ``sample`` adds to the targets.
+        dtype: dtype of the model.
+
+    Returns:
+        The :class:`KnownModel`, λ from :func:`slt_interp.theory.reduced_rank_regression`.
+    """
     km = deep_linear_model([input_dim, hidden_dim, output_dim], true_rank, seed=seed, noise_std=noise_std, dtype=dtype)
     name = f"reduced-rank (M, H, N, r) = ({input_dim}, {hidden_dim}, {output_dim}, {true_rank})"
     return KnownModel(name, km.model, km.loss_fn, km.llc, km.input_dim, noise_std)
@@ -252,6 +353,7 @@ def _named(name: str, factory: Callable[[], Potential]) -> Callable[[], Potentia
     return lambda: replace(factory(), name=name)
 
 
+#: The potentials with exactly known λ: name → zero-argument factory of a :class:`Potential`.
 POTENTIALS: dict[str, Callable[[], Potential]] = {
     name: _named(name, factory)
     for name, factory in {
@@ -265,6 +367,7 @@ POTENTIALS: dict[str, Callable[[], Potential]] = {
     }.items()
 }
 
+#: The torch models with exactly known λ: name → zero-argument factory of a :class:`KnownModel`.
 MODELS: dict[str, Callable[[], KnownModel]] = {
     "rrr(4,3,4,1)": lambda: reduced_rank_model(4, 3, 4, 1),
     "rrr(5,3,5,0)": lambda: reduced_rank_model(5, 3, 5, 0),

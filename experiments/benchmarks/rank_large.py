@@ -7,7 +7,7 @@ its Hessian there is the Gauss–Newton matrix, rank ≤ n·10). Steps: the larg
 quadrature with growing steps (:func:`slt_interp.estimators.count_eigenvalues`). Reported: wall time, HVPs, the
 count with its standard error, and the lower bound rank/2 on the behavioral LLC.
 
-    python -m experiments.benchmarks.rank_large [--params 1000000] [--device cpu] [--num-data 128]
+    python -m experiments.benchmarks.rank_large [--params 1000000] [--device cpu] [--num-samples 128]
 
 The GPU target of issue 3 (≥ 10M parameters in < 10 minutes) is ``--params 10000000 --device cuda``.
 """
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=int, default=1_000_000)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--num-data", type=int, default=128)
+    ap.add_argument("--num-samples", type=int, default=128)
     ap.add_argument("--input-dim", type=int, default=256)
     ap.add_argument("--num-probes", type=int, default=8)
     ap.add_argument("--block-size", type=int, default=4)
@@ -57,7 +57,7 @@ def main(argv=None) -> None:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) / max(p.shape[-1], 1) ** 0.5)
     model = model.to(device)
-    x = torch.randn(args.num_data, args.input_dim, generator=g).to(device)
+    x = torch.randn(args.num_samples, args.input_dim, generator=g).to(device)
     loss, params = behavioral_loss(model, x)
     op = HessianOperator(loss, params)
     d = op.dim
@@ -82,13 +82,13 @@ def main(argv=None) -> None:
         f"Device: {device.type} ({dev_name}); torch {torch.__version__}; {stamp}. " + load_note(),
         "",
         f"Model: MLP {args.input_dim} → {h} → {h} → 10 (tanh), float32, **d = {d:,} parameters**, random weights; "
-        f"behavioral (MSE) loss on n = {args.num_data} inputs (Hessian at w* = Gauss–Newton matrix, rank ≤ {10 * args.num_data}).",
+        f"behavioral (MSE) loss on n = {args.num_samples} inputs (Hessian at w* = Gauss–Newton matrix, rank ≤ {10 * args.num_samples}).",
         "",
         "| step | result | HVPs | time (s) |",
         "|---|---|---|---|",
         f"| λ_max by Lanczos | {lam_max:.4g} (residual {float(top.residual_norms[-1]):.1e}, converged {top.converged}) | "
         f"{top.num_matvecs} | {t_lanczos:.1f} |",
-        f"| #{{λ > τ = {args.rtol:g}·λ_max}} by SLQ | {count.count:.1f} ± {count.stderr:.1f} (95% CI [{count.ci[0]:.1f}, "
+        f"| #{{λ > τ = {args.rtol:g}·λ_max}} by SLQ | {count.count:.1f} ± {count.std_err:.1f} (95% CI [{count.ci[0]:.1f}, "
         f"{count.ci[1]:.1f}]), {count.num_probes} probes × {count.num_steps} steps, settled: {count.converged} | "
         f"{count.num_matvecs} | {t_count:.1f} |",
         f"| **total** | lower bound on the behavioral LLC ≈ rank/2 = {count.count / 2:.1f}, upper d/2 = {d / 2:,.0f} | "

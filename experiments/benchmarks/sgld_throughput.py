@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from slt_interp.estimators import estimate_llc
-from experiments.devinterp_side import devinterp_llc
+from experiments.devinterp_side import devinterp_llc, require_devinterp
 from experiments.benchmarks._machine import load_note
 
 NUM_CHAINS = 8
@@ -56,22 +56,29 @@ def _time(fn, repeats: int = 2) -> tuple[float, object]:
     return best, out
 
 
-def main(out: Path | None = None, threads: int = 1) -> str:
-    torch.set_num_threads(threads)  # both sides alike; on a shared 2-core machine 1 thread avoids contention
+WIDTHS = (16, 64, 256, 512, 1000)  # ≈ 450, 4.9k, 69k, 270k and 1M parameters
+
+
+def main(out: Path | None = None, threads: int = 1, widths=WIDTHS) -> str:
+    """Not run in the test suite (minutes per width); ``threads`` is given to both sides explicitly."""
+    require_devinterp()
+    torch.set_num_threads(threads)  # both sides alike; ours also gets num_threads=threads (no automatic choice)
     rows = []
     steps = NUM_DRAWS + NUM_BURNIN
     warm_model, wx, wy = _setup(16, n=256)  # warm-up: imports and first-call costs paid by neither side's timing
     devinterp_llc(warm_model, _mse, wx, wy, num_chains=1, num_draws=5, num_burnin=0, step_size=STEP_SIZE,
                   localization=1.0, batch_size=BATCH_SIZE)
-    estimate_llc(warm_model, _mse, (wx, wy), num_chains=1, num_draws=5, num_burnin=0, step_size=STEP_SIZE)
-    for width in (16, 64, 256):
+    estimate_llc(warm_model, _mse, (wx, wy), num_chains=1, num_draws=5, num_burnin=0, step_size=STEP_SIZE,
+                 num_threads=threads)
+    for width in widths:
         model, x, y = _setup(width)
         d = sum(p.numel() for p in model.parameters())
         kw = dict(num_chains=NUM_CHAINS, num_draws=NUM_DRAWS, num_burnin=NUM_BURNIN, step_size=STEP_SIZE,
                   localization=1.0, batch_size=BATCH_SIZE, seed=0)
         t_dev, dev = _time(lambda: devinterp_llc(model, _mse, x, y, **kw), repeats=1)
-        t_ours, ours = _time(lambda: estimate_llc(model, _mse, (x, y), mala_every=0, **kw))
-        t_mala, _ = _time(lambda: estimate_llc(model, _mse, (x, y), mala_every=5, **kw), repeats=1)
+        ours_kw = dict(num_threads=threads, on_nonminimum="ignore")
+        t_ours, ours = _time(lambda: estimate_llc(model, _mse, (x, y), mala_every=0, **kw, **ours_kw))
+        t_mala, _ = _time(lambda: estimate_llc(model, _mse, (x, y), mala_every=5, **kw, **ours_kw), repeats=1)
         tp = lambda t: NUM_CHAINS * steps / t  # noqa: E731
         rows.append((width, d, tp(t_dev), tp(t_ours), tp(t_mala), t_dev / t_ours, t_dev / t_mala,
                      dev.mean, dev.std_err, ours.mean, ours.std_err))
@@ -103,4 +110,6 @@ def main(out: Path | None = None, threads: int = 1) -> str:
 
 
 if __name__ == "__main__":
-    print(main())
+    import sys
+
+    print(main(threads=int(sys.argv[1]) if len(sys.argv) > 1 else 1))

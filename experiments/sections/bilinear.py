@@ -1,6 +1,7 @@
-"""Report section: a bilinear / linear-attention transformer trained on induction, expanded in closed
-form; SAE features explained by the terms that drive them (with their eigen-structure); accuracy as
-terms are pruned, with certified and measured errors side by side."""
+"""Report section: a bilinear / linear-attention transformer trained on induction with random periods and
+offsets (checked against positional copiers and on unseen periods), its circuits and composition scores,
+every live SAE latent explained through the closed form with a measured faithfulness and a baseline, and
+the tightness of the per-term bounds."""
 from __future__ import annotations
 
 import time
@@ -12,18 +13,18 @@ import torch
 from slt_interp.bilinear import (
     BilinearConfig,
     BilinearTransformer,
-    FactoredBilinear,
-    HeadFactors,
     accuracy,
-    exhaustive_worst_case,
+    composition_scores,
     expand,
-    repeated_tokens,
+    fixed_offset_accuracy,
+    induction,
     term_bounds,
     train,
 )
-from experiments.sae import train_sae
+from slt_interp.bilinear.prune import all_sequences
+from experiments.bilinear_sae import explain_latents, train_topk_sae
 
-TITLE = "Closed-form bilinear transformers: terms, SAE features, certified pruning"
+TITLE = "Closed-form bilinear transformers: induction, SAE features through the terms, bound tightness"
 ORDER = 70
 
 
@@ -31,50 +32,6 @@ def _table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _principal(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Top-r principal directions (d, r) of the rows of x (uncentred: the terms are homogeneous)."""
-    _, _, vh = torch.linalg.svd(x, full_matrices=False)
-    return vh[:r].T
-
-
-def _describe_factors(exp, term, u: torch.Tensor, outs: dict, mask: torch.Tensor) -> str:
-    """Eigen-structure of a term along the SAE encoder direction u (1, d_model).
-
-    MLP term (a, b): u·term = x_aᵀ Q(u) x_b (×2 when a ≠ b) with Q(u) the interaction matrix; it is
-    restricted to the span where out_a and out_b actually live (their top principal directions on the
-    data), then eigendecomposed (a = b) or singular-value decomposed (a ≠ b).
-    """
-    f = exp.factored(term, readout=u)
-    if isinstance(f, FactoredBilinear):
-        Q = f.interaction(torch.ones(1, dtype=u.dtype)).dense()  # (d, d): u·B_sym
-        Ua = _principal(outs[term.sources[0]][mask], 4)
-        if term.sources[0] == term.sources[1]:
-            mu = torch.linalg.eigvalsh(Ua.T @ Q @ Ua)
-            mu = mu[torch.argsort(mu.abs(), descending=True)]
-            share = float(mu[:1].abs().sum() / mu.abs().sum().clamp_min(1e-300))
-            text = (f"Q(u) on span(out_a): eigenvalues {', '.join(f'{m:+.2g}' for m in mu[:3].tolist())} "
-                    f"(top one {share:.0%} of Σ|μ|)")
-            if term.sources[0] == "emb":
-                full = f.interaction(torch.ones(1, dtype=u.dtype)).eigh(k=1)
-                tok = exp.model.W_E.detach() @ full.vectors[:, 0]
-                text += f"; q₁ loads on tokens {torch.argsort(tok.abs(), descending=True)[:3].tolist()}"
-            return text
-        Ub = _principal(outs[term.sources[1]][mask], 4)
-        sv = torch.linalg.svdvals(Ua.T @ Q @ Ub)
-        return (f"cross-interaction x_aᵀQ(u)x_b on the data spans: singular values "
-                f"{', '.join(f'{v:.2g}' for v in sv[:3].tolist())} (top one {float(sv[0] / sv.sum()):.0%})")
-    if isinstance(f, HeadFactors):
-        s_qk = f.qk.singular_values()
-        text = (f"QK singular values {', '.join(f'{v:.2g}' for v in s_qk[:3].tolist())} "
-                f"(top one {float(s_qk[0] / s_qk.sum()):.0%}); ‖u·W_O W_V‖ = {float(f.ov.frobenius_norm()):.2g}")
-        if all(src == "emb" for src in term.sources):
-            tf = exp.factored(term, readout=u, token_space=True)
-            ov = tf.ov.dense()[0]  # (vocab,): what each value token writes along u
-            text += f"; value tokens writing most along u: {torch.argsort(ov, descending=True)[:3].tolist()}"
-        return text
-    return "embedding term"
 
 
 def run(ctx) -> str:
@@ -86,160 +43,217 @@ def run(ctx) -> str:
         torch.set_num_threads(threads)
 
 
+def _ratio_rows(exp, new, old, worst) -> list[list]:
+    """Median / max bound-to-worst ratios per group of terms, for the vertex and the norm-product bounds."""
+    groups = [("embedding", lambda t: t.kind == "embed"), ("layer-0 heads", lambda t: t.layer == 0 and t.kind == "head"),
+              ("layer-0 MLP", lambda t: t.layer == 0 and t.kind == "mlp"),
+              ("layer-1 heads", lambda t: t.layer == 1 and t.kind == "head"),
+              ("layer-1 MLP", lambda t: t.layer == 1 and t.kind == "mlp")]
+    rows = []
+    for name, f in groups:
+        idx = [t.index for t in exp if f(t)]
+        if not idx:
+            continue
+        w = worst[idx].clamp_min(1e-300)
+        rn, ro = new[idx] / w, old[idx] / w
+        rows.append([name, len(idx), f"{float(rn.median()):.3g}", f"{float(rn.max()):.3g}",
+                     f"{float(ro.median()):.3g}", f"{float(ro.max()):.3g}"])
+    return rows
+
+
+def _search_worst(exp, tokens: torch.Tensor, sweeps: int) -> torch.Tensor:
+    """Largest ‖term_t‖₂ found per term: the best of ``tokens``, then coordinate ascent (each position in
+    turn set to the best of all V tokens, one term evaluated at a time). A lower bound on the true sup."""
+    V = exp.config.vocab_size
+    vals = torch.cat([exp.evaluate(chunk).norm(dim=-1).flatten(1) for chunk in tokens.split(200)], 1)  # (terms, B·T)
+    best = vals.amax(1)
+    seqs = tokens[vals.argmax(1) // tokens.shape[1]].clone()  # (terms, T)
+    for _ in range(sweeps):
+        for p in range(tokens.shape[1]):
+            cand = seqs[:, None, :].repeat(1, V, 1)  # (terms, V, T)
+            cand[:, :, p] = torch.arange(V)
+            for i in range(len(exp)):
+                v = exp.evaluate(cand[i], [i])[0].norm(dim=-1).amax(-1)  # (V,)
+                j = int(v.argmax())
+                if v[j] > best[i]:
+                    best[i], seqs[i] = v[j], cand[i, j]
+    return best
+
+
+def _small_exhaustive(seed: int, quick: bool) -> tuple[list[list], dict]:
+    """Bound / exact worst-case ratios on a small induction model whose every input can be enumerated."""
+    V, T = 4, 7
+    task = induction(V, T, 3000, periods=[2, 3], seed=seed + 10)
+    cfg = BilinearConfig(vocab_size=V, n_ctx=T, d_model=16, n_layers=2, n_heads=2, d_head=4, d_mlp=16)
+    model = BilinearTransformer(cfg, seed=seed)
+    res = train(model, task, steps=300 if quick else 600, lr=1e-2, weight_decay=0.0, batch_size=128, seed=seed,
+                progress=False)
+    model = model.double()
+    exp = expand(model)
+    worst = torch.zeros(len(exp), dtype=torch.float64)
+    for chunk in all_sequences(V, T, 0, V ** T).split(2048):  # every sequence of length T (and its prefixes)
+        worst = torch.maximum(worst, exp.evaluate(chunk).norm(dim=-1).flatten(1).amax(1))
+    rows = _ratio_rows(exp, term_bounds(exp).values, term_bounds(exp, vertex=False).values, worst)
+    return rows, dict(V=V, T=T, accuracy=res.train_accuracy, sequences=V ** T, terms=len(exp))
+
+
+def _previous_token_share(model, tokens) -> list[float]:
+    """Per layer-0 head: share of Σ_s |score(t, s)| on s = t − 1 (a previous-token head has it near 1)."""
+    x = model.embed(tokens)
+    pat = model.blocks[0].attn.pattern(x, x).detach().abs()  # (B, H, T, T)
+    T = tokens.shape[1]
+    prev = pat[..., torch.arange(1, T), torch.arange(0, T - 1)].sum(-1)  # (B, H)
+    return (prev / pat[..., 1:, :].sum((-1, -2)).clamp_min(1e-300)).mean(0).tolist()
+
+
 def _run(ctx) -> str:
     quick = ctx.quick
     start = time.perf_counter()
-    # small vocabulary and context so that every one of the V^n_ctx sequences can be enumerated (the exact
-    # worst case is then known and compared with the certificate)
-    vocab, half = (4, 3) if quick else (6, 3)
-    task = repeated_tokens(vocab, half, 1200 if quick else 4000, seed=ctx.seed)
-    tr, te = task.split(0.75, seed=ctx.seed)
-    cfg = BilinearConfig(vocab_size=vocab, n_ctx=2 * half, d_model=24 if quick else 32, n_layers=2, n_heads=2,
-                         d_head=6 if quick else 8, d_mlp=24 if quick else 32)
-    torch.manual_seed(ctx.seed)  # experiment script: seeds the model's initial weights
-    model = BilinearTransformer(cfg)
-    steps = 120 if quick else 600
-    res = train(model, tr, steps=steps, lr=1e-2, batch_size=64 if quick else 128, seed=ctx.seed, test=te,
-                progress=False)
+    V, T = 8, 16
+    train_periods, new_periods = [2, 3, 5, 7], [4, 6]
+    tr = induction(V, T, 6000, periods=train_periods, seed=ctx.seed)
+    te_same = induction(V, T, 1000, periods=train_periods, seed=ctx.seed + 1)
+    te_new = induction(V, T, 1000, periods=new_periods, seed=ctx.seed + 2)
+    cfg = BilinearConfig(vocab_size=V, n_ctx=T, d_model=32, n_layers=2, n_heads=2, d_head=8, d_mlp=32)
+    model = BilinearTransformer(cfg, seed=ctx.seed)
+    steps = 800 if quick else 1500
+    res = train(model, tr, steps=steps, lr=1e-2, weight_decay=0.0, batch_size=128, seed=ctx.seed, progress=False)
     t_train = time.perf_counter() - start
     model = model.double()
-
-    # --- the expansion and its exactness ---------------------------------------------------------------
+    acc_same, acc_new = accuracy(model, te_same), accuracy(model, te_new)
+    copier_train = max(fixed_offset_accuracy(te_same, k) for k in range(1, T))
+    copier_new = max(fixed_offset_accuracy(te_new, k) for k in train_periods)
+    copier_any = max(fixed_offset_accuracy(te_new, k) for k in range(1, T))
     exp = expand(model)
-    paths = expand(model, "path")
-    test_tokens = te.tokens[: 150 if quick else 600]
-    t0 = time.perf_counter()
-    values = exp.evaluate(test_tokens)  # (num_terms, B, T, vocab)
-    t_eval = time.perf_counter() - t0
-    logits = model(test_tokens).detach()
-    rel = float((values.sum(0) - logits).abs().max() / logits.abs().max())
-    by_degree = paths.count_by_degree()
+    ev = induction(V, T, 150 if quick else 400, periods=train_periods + new_periods, seed=ctx.seed + 3)
+    logits = model(ev.tokens).detach()
+    rel = float((exp.evaluate_sum(ev.tokens) - logits).abs().max() / logits.abs().max())
+    prev = _previous_token_share(model, ev.tokens)
+    comp = composition_scores(model)
     out = [
-        f"A {cfg.n_layers}-layer, {cfg.n_heads}-head transformer with linear attention (normaliser 1/t, no "
-        f"softmax), bilinear MLPs and no layer norm (d_model {cfg.d_model}, d_mlp {cfg.d_mlp}) trained for "
-        f"{steps} steps on induction over repeated random tokens (V = {vocab}, {half} tokens repeated): "
-        f"train accuracy {res.train_accuracy:.3f}, held-out accuracy {res.test_accuracy:.3f} on the positions "
-        f"that need induction ({t_train:.1f} s).",
+        f"**Task.** Induction with a random period and a random offset per sequence (`induction`, V = {V}, "
+        f"context {T}): noise, a block of p distinct tokens at a random offset, the block again; the scored "
+        f"positions predict the rest of the repeat. Trained on periods {train_periods}, tested on those and on "
+        f"periods never seen in training ({new_periods}). A {cfg.n_layers}-layer, {cfg.n_heads}-head linear-attention "
+        f"transformer with bilinear MLPs (d_model {cfg.d_model}, d_mlp {cfg.d_mlp}, {steps} AdamW steps, "
+        f"{t_train:.1f} s): accuracy {res.train_accuracy:.3f} (train), {acc_same:.3f} (held-out sequences, "
+        f"training periods), **{acc_new:.3f} on the unseen periods**. No positional shortcut explains that: "
+        f"the best fixed-offset copier reaches {copier_train:.3f} on the training periods, and any offset a "
+        f"copier could have learnt (k ∈ {train_periods}) reaches {copier_new:.3f} on the unseen periods "
+        f"(best offset of all: {copier_any:.3f}; chance {1 / V:.3f}).",
         "",
-        f"**Exactness.** The component expansion has {len(exp)} named terms (each head reads every earlier "
-        f"component in its query, key and value slots; each MLP reads unordered pairs). On {len(test_tokens)} "
-        f"held-out sequences the sum of terms matches the forward pass in float64 with max relative error "
-        f"{rel:.1e} (evaluating all terms took {t_eval:.2f} s). The full path expansion of the same model has "
-        f"{paths.num_paths:,} monomials (degrees {min(by_degree)}–{max(by_degree)}), counted by generating "
-        f"functions without listing them; with one head it would be 8,645 (docs/theory.md §5). A monomial "
-        f"decoded from its index alone: `{paths.name(paths.num_paths // 2)[:90]}…`.",
+        f"**Mechanism (circuits).** Previous-token share of the layer-0 heads' |scores| (s = t − 1): "
+        + ", ".join(f"L0.H{h} {p:.2f}" for h, p in enumerate(prev))
+        + ". K-composition scores of the layer-1 heads with the layer-0 heads (Elhage et al. 2021): "
+        + "; ".join(f"L1.H{h2}←L0.H{h1} {float(comp.k[1, h2, 0, h1]):.2f}" for h2 in range(cfg.n_heads)
+                    for h1 in range(cfg.n_heads))
+        + " (Q: " + "; ".join(f"{float(comp.q[1, h2, 0, h1]):.2f}" for h2 in range(cfg.n_heads) for h1 in range(cfg.n_heads))
+        + ", V: " + "; ".join(f"{float(comp.v[1, h2, 0, h1]):.2f}" for h2 in range(cfg.n_heads) for h1 in range(cfg.n_heads))
+        + f"). The expansion has {len(exp)} terms; their sum matches the forward pass to {rel:.1e} (relative, float64).",
     ]
 
-    # --- SAE on the final residual stream --------------------------------------------------------------
-    mask = te.mask[: len(test_tokens)]
-    resid = model.residual(test_tokens).detach()  # (B, T, d_model)
-    acts = resid[mask]  # (n, d_model): positions that need induction
-    sae = train_sae(acts, 4 * cfg.d_model, topk=4, steps=200 if quick else 800, batch_size=256, lr=3e-3,
-                    seed=ctx.seed)
-    codes = sae.encode(acts)  # (n, m)
-    freq = (codes > 0).double().mean(0)
-    alive = torch.nonzero(freq > 0.02).flatten()
-    chosen = alive[torch.argsort(codes[:, alive].mean(0), descending=True)][: 2 if quick else 3]
-    out += ["", f"**SAE.** TopK SAE (k = 4, {4 * cfg.d_model} latents) on the final residual stream at the "
-                f"{acts.shape[0]} induction positions: FVU {sae.fvu:.3f}, dead fraction {sae.dead_fraction:.2f}. "
-                "A latent's pre-activation is linear in the residual stream, so it is exactly the sum of the "
-                "terms read along its encoder direction u (plus a constant). For each of the most active "
-                "latents: the terms that drive it (share of Σ|contribution| over the positions where it fires) "
-                "and the eigen-structure of the top terms along u (MLP terms: the interaction matrix Q(u) of "
-                "Pearce et al. 2024, arXiv 2410.08417, restricted to the 4 principal directions of each "
-                "source's output on the data; head terms: the QK circuit's spectrum and the OV circuit read "
-                "along u).", ""]
-    W_enc = sae.params["W_enc"]
-    outs = {k: v.detach() for k, v in model.component_outputs(test_tokens).items()}
-    rows = []
-    for i in chosen.tolist():
-        u = W_enc[i : i + 1]  # (1, d_model)
-        contrib = exp.evaluate(test_tokens, readout=u)[..., 0]  # (num_terms, B, T)
-        on = (codes[:, i] > 0)
-        c_on = contrib[:, mask][:, on]  # (num_terms, n_on)
-        share = c_on.abs().mean(1) / c_on.abs().mean(1).sum()
-        top = torch.argsort(share, descending=True)[:3]
-        targets = te.targets[: len(test_tokens)][mask][on]
-        common = torch.bincount(targets, minlength=vocab).argmax()
-        frac = float((targets == common).double().mean())
-        for rank, ti in enumerate(top.tolist()):
-            term = exp[ti]
-            rows.append([f"latent {i}" if rank == 0 else "",
-                         f"{float(freq[i]):.2f}, next token {int(common)} ({frac:.0%})" if rank == 0 else "",
-                         f"`{term.name}`", f"{float(share[ti]):.0%}", f"{float(c_on[ti].mean()):+.2f}",
-                         _describe_factors(exp, term, u, outs, mask)])
-    out.append(_table(["latent", "firing rate, most common target", "driving term", "share", "mean contribution",
-                       "eigen-structure along u"], rows))
-
-    # --- pruning: accuracy and errors ------------------------------------------------------------------
-    bounds = term_bounds(exp)
-    size = values.norm(dim=-1).flatten(1).amax(1)  # measured max ‖term‖ per term
-    order = torch.argsort(size, descending=True)
-    n = len(exp)
-    grid = sorted({int(k) for k in np.unique(np.geomspace(1, n, 10 if quick else 18).round())} | {n})
-    te_small = type(te)(te.name, test_tokens, te.targets[: len(test_tokens)], mask, te.vocab_size)
-    acc, meas, cert = [], [], []
-    for k in grid:
-        kept, dropped = order[:k], order[k:]
-        pruned = values[kept].sum(0)
-        acc.append(accuracy(model, te_small, logits=pruned))
-        meas.append(float(values[dropped].sum(0).norm(dim=-1).max()) if len(dropped) else 0.0)
-        cert.append(float(bounds.values[dropped].sum()))
+    # --- SAE on the final residual stream at the scored positions -----------------------------------------
     t0 = time.perf_counter()
-    exact = exhaustive_worst_case(exp, [order[k:] for k in grid], max_sequences=10 ** 5, chunk_size=1024)
-    t_exh = time.perf_counter() - t0
-    n_all = vocab ** cfg.n_ctx
-    check = exp.prune(num_keep=grid[len(grid) // 2], tokens=test_tokens, rank_by="measured")
-    if abs(check.certified_error - cert[len(grid) // 2]) > 1e-9 * max(1.0, cert[len(grid) // 2]):
-        raise RuntimeError("prune(num_keep, rank_by='measured') disagrees with the section's own pruning")
-
+    n_latents, k_sae = 32, 4
+    acts = model.residual(tr.tokens[:2000]).detach()[tr.mask[:2000]]
+    sae = train_topk_sae(acts, n_latents, k=k_sae, steps=500 if quick else 1500, seed=ctx.seed)
+    k_terms = 3
+    reports = explain_latents(exp, sae, ev.tokens, ev.targets, mask=ev.mask, k_terms=k_terms, seed=ctx.seed)
+    t_sae = time.perf_counter() - t0
+    med = lambda xs: float(np.median([x for x in xs if x is not None]))
+    r2, r2b = med(r.r2_pre for r in reports), med(r.r2_pre_baseline for r in reports)
+    e2, e2b = med(r.r2_effect for r in reports), med(r.r2_effect_baseline for r in reports)
+    wins = sum(r.r2_pre > r.r2_pre_baseline for r in reports)
+    by_k = np.median(np.array([r.r2_pre_by_k for r in reports]), axis=0)
+    k90 = next((k + 1 for k, v in enumerate(by_k) if v >= 0.9), None)
+    match = med(r.attribution_match for r in reports)
+    promotes_target = float(np.mean([r.promotes[0] == r.top_target[0] for r in reports]))
+    drivers = {}
+    for r in reports:
+        drivers[r.terms[0]] = drivers.get(r.terms[0], 0) + 1
+    top_driver, top_count = max(drivers.items(), key=lambda kv: kv[1])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a1.semilogx(grid, acc, "o-")
-    a1.set_xlabel("terms kept (largest measured first)")
-    a1.set_ylabel("held-out accuracy")
-    a1.set_title("accuracy of the pruned expansion")
-    a2.loglog(grid[:-1], cert[:-1], "s-", label="certified bound (any sequence)")
-    a2.loglog(grid[:-1], np.maximum(exact[:-1], 1e-16), "^-", label=f"exact worst case (all {n_all} sequences)")
-    a2.loglog(grid[:-1], np.maximum(meas[:-1], 1e-16), "o-", label="measured (held-out task data)")
-    a2.set_xlabel("terms kept")
-    a2.set_ylabel("max ‖logit error‖₂")
-    a2.legend()
-    a2.set_title("error of the dropped terms")
-    path = ctx.savefig(fig, "pruning")
-    exact_frac = float(bounds.exact.double().mean())
-    layer0 = [t.index for t in exp if t.layer == 0 and all(s == "emb" for s in t.sources)]
-    ratio = (bounds.values[layer0] / size[layer0].clamp_min(1e-300)).median()
-    deep = [t.index for t in exp if t.layer == 1]
-    ratio_deep = (bounds.values[deep] / size[deep].clamp_min(1e-300)).median()
-    inner = slice(0, len(grid) - 1)
-    ex_vs_meas = float(np.median(np.array(exact[inner]) / np.maximum(meas[inner], 1e-300)))
-    cert_vs_ex = float(np.median(np.array(cert[inner]) / np.maximum(exact[inner], 1e-300)))
-    eps_rows = []
-    for eps in (0.1, 1.0, 10.0):
-        r = exp.prune(eps, tokens=test_tokens)
-        eps_rows.append([eps, len(r.kept), f"{r.certified_error:.3g}", f"{r.measured_error:.3g}",
-                         f"{accuracy(model, te_small, logits=values[list(r.kept)].sum(0)):.3f}"])
-    out += ["", "**Pruning.** Terms kept in decreasing order of their measured size; the certificate is the sum "
-                "of per-term bounds over *every* sequence of length ≤ n_ctx (exact tables on the embedding "
-                "for the embedding term, the (emb, emb) MLP terms and the layer-0 heads; recursive norm products "
-                f"elsewhere); the exact worst case enumerates all {vocab}^{cfg.n_ctx} = {n_all} sequences "
-                f"(including the many that are not repeated sequences; {t_exh:.1f} s); the measured error is the "
-                "maximum over the held-out task sequences. All errors are max over positions of the ℓ2 norm of "
-                "the logit error.", "",
-            f"![accuracy and errors vs terms kept]({path})", "",
-            _table(["terms kept", "held-out accuracy", "measured error (task data)", "exact worst case (all inputs)",
-                    "certified bound"],
-                   [[k, f"{a:.3f}", f"{m:.3g}", f"{x:.3g}", f"{c:.3g}"]
-                    for k, a, m, x, c in zip(grid, acc, meas, exact, cert)]),
-            "", "Certified budgets (`prune(eps)` drops the terms with the smallest bounds while their sum ≤ eps):", "",
-            _table(["eps", "terms kept", "certified error", "measured error", "accuracy"], eps_rows), "",
-            f"Tightness: the layer-0 all-embedding head terms have bound/measured ratio {float(ratio):.2f} "
-            f"(median; {exact_frac:.0%} of all bounds are exact maxima); layer-1 terms, bounded through "
-            f"products of norms of earlier outputs, have median ratio {float(ratio_deep):.2g}. So the bound is "
-            "informative for shallow terms and vacuous deep in the network (compare Gross et al. 2024, "
-            "arXiv 2406.11779); on a vocabulary and context this small, exhaustive enumeration is the certificate "
-            f"to use (`prune(..., exhaustive=True)`). Over the pruning grid, the exact worst case over all inputs "
-            f"is a median {ex_vs_meas:.2g}× the error on task data, and the bound a median {cert_vs_ex:.2g}× the "
-            "exact worst case.",
+    a1.scatter([r.r2_pre_baseline for r in reports], [r.r2_pre for r in reports], s=14, label="pre-activation")
+    a1.scatter([r.r2_effect_baseline for r in reports], [r.r2_effect for r in reports], s=14, marker="^",
+               label="logit effect")
+    a1.plot([0, 1], [0, 1], "k:", lw=1)
+    a1.set_xlabel(f"held-out R², random direction ({k_terms} terms)")
+    a1.set_ylabel(f"held-out R², SAE latent ({k_terms} terms)")
+    a1.legend()
+    a1.set_title("faithfulness per live latent")
+    a2.plot(range(1, len(by_k) + 1), by_k, "o-")
+    a2.set_xlabel("terms kept (greedy)")
+    a2.set_ylabel("median held-out R² (pre-activation)")
+    a2.set_title("R² vs number of terms")
+    fig_path = ctx.savefig(fig, "sae_faithfulness")
+    rows = [[r.latent, f"{r.frequency:.2f}", "<br>".join(f"`{n}` ({s:.0%})" for n, s in zip(r.terms, r.shares)),
+             f"{r.r2_pre:.2f}", f"{r.r2_pre_baseline:.2f}", f"{r.r2_effect:.2f}", f"{r.r2_effect_baseline:.2f}",
+             f"{r.promotes[0]} / {r.suppresses[0]}", f"{r.top_target[0]} ({r.top_target[1]:.0%})",
+             "—" if r.attribution_match is None else f"{r.attribution_match:.0%}"] for r in reports]
+    out += ["", f"**SAE features through the closed form.** A TopK SAE ({n_latents} latents, k = {k_sae}; decoder "
+                f"initialised at data points, silent latents resampled: {sae.resampled} resampled) on the final "
+                f"residual stream at {acts.shape[0]} scored positions: FVU {sae.fvu:.3f}, dead fraction "
+                f"{sae.dead_fraction:.0%}. A latent's pre-activation is linear in the residual stream, so it is exactly "
+                f"the sum of the {len(exp)} terms read along its encoder direction (plus a constant). For **every "
+                f"live latent** ({len(reports)}, measured on {int(ev.mask.sum())} scored positions of "
+                f"{ev.tokens.shape[0]} fresh sequences, all periods): {k_terms} terms chosen greedily on half of "
+                "the positions (the others mean-ablated), and the R² on the other half of (a) the pre-activation "
+                "and (b) its effect on the logits f·W_U d (the SAE sits after the last component, so the decoder "
+                "direction feeds only the unembedding; TopK applied to the reconstructed pre-activations of all "
+                "latents). Baseline: a random direction of the same norm, thresholded to fire at the latent's "
+                "rate, explained the same way. Token attribution: the first driving head term with the embedding "
+                "in its value slot splits exactly into signed per-source-position parts "
+                "n(t)·score(t, s)·wᵀW_O W_V e(x_s); the column gives how often the source token with the largest "
+                f"signed part is the next-token target ({time.perf_counter() - t0:.1f} s).", "",
+            f"Summary (computed from the table): median R² of the pre-activation from {k_terms} terms "
+            f"**{r2:.2f}** vs **{r2b:.2f}** for random directions (the latent beats its baseline for {wins} of "
+            f"{len(reports)}); of the logit effect **{e2:.2f}** vs **{e2b:.2f}**. Median R² by number of terms: "
+            + ", ".join(f"k={k + 1}: {v:.2f}" for k, v in enumerate(by_k))
+            + (f" (R² ≥ 0.9 from k = {k90})" if k90 else " (R² < 0.9 up to k = 8)")
+            + f". The most common top driver is `{top_driver}` ({top_count} of {len(reports)} latents); the "
+            f"decoder direction's most promoted token is the latent's most common target for "
+            f"{promotes_target:.0%} of latents, and the signed attribution points at the target token for a "
+            f"median {match:.0%} of firing positions (chance {1 / V:.0%}).", "",
+            f"![faithfulness of the SAE latents]({fig_path})", "",
+            _table(["latent", "freq", f"top {k_terms} driving terms (share of Σ|contribution| where it fires)",
+                    "R² pre", "R² pre (random)", "R² effect", "R² effect (random)", "promotes / suppresses",
+                    "most common target", "attribution = target"], rows)]
+
+    # --- certificate tightness -------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    new = term_bounds(exp).values
+    old = term_bounds(exp, vertex=False).values
+    t_bounds = time.perf_counter() - t0
+    g = torch.Generator().manual_seed(ctx.seed)
+    probe = torch.cat([ev.tokens, te_new.tokens[:200], torch.randint(0, V, (600 if quick else 2000, T), generator=g)])
+    sweeps = 1 if quick else 3
+    worst = _search_worst(exp, probe, sweeps)
+    ratio_rows = _ratio_rows(exp, new, old, worst)
+    small_rows, small = _small_exhaustive(ctx.seed, quick)
+    t_cert = time.perf_counter() - t0
+    l1h = next(r for r in ratio_rows if r[0] == "layer-1 heads")
+    l1m = next(r for r in ratio_rows if r[0] == "layer-1 MLP")
+    out += ["", f"**Certificate tightness.** Per-term bounds b ≥ sup over every sequence and position of "
+                "‖term‖₂ in logit space, (a) the vertex bounds (`slt_interp.bilinear.vertex_bounds`: layer-0 "
+                "outputs are sums of per-token vectors, every term is multilinear in its sources, so maxima are "
+                "taken over vertex combinations; exact support functions of the layer-0 residual per MLP hidden "
+                "unit) against (b) the previous norm-product bounds. Bounds in exact arithmetic, evaluated in "
+                f"float64 ({t_bounds:.1f} s for both). On the report model the denominator is the largest ‖term‖ "
+                f"found from {probe.shape[0]} sequences (task data of all periods and uniform random ones) improved "
+                f"by {sweeps} sweep(s) of coordinate ascent per term: a lower bound on the true worst case, so "
+                "these ratios over-estimate the true bound/worst ratio.", "",
+            _table(["terms", "count", "vertex: median ratio", "vertex: max", "norm-product: median", "norm-product: max"],
+                   ratio_rows), "",
+            f"On a small induction model (V = {small['V']}, context {small['T']}, periods 2–3, train accuracy "
+            f"{small['accuracy']:.2f}, {small['terms']} terms) every one of the {small['sequences']:,} sequences "
+            "is enumerated, so the denominator is the exact worst case:", "",
+            _table(["terms", "count", "vertex: median ratio", "vertex: max", "norm-product: median", "norm-product: max"],
+                   small_rows), "",
+            f"Report model: layer-1 head terms median {l1h[2]} (target ≤ 3), layer-1 MLP terms median {l1m[2]} "
+            f"(target ≤ 100). Small exhaustive model: layer-1 heads "
+            f"{next(r for r in small_rows if r[0] == 'layer-1 heads')[2]}, layer-1 MLP "
+            f"{next(r for r in small_rows if r[0] == 'layer-1 MLP')[2]}. Soundness against every possible input "
+            "is tested exhaustively in tests/bilinear/test_bilinear_vertex_bounds.py "
+            f"({t_cert:.1f} s for this part).",
             "", f"_Total {time.perf_counter() - start:.1f} s._"]
     return "\n".join(out)

@@ -132,7 +132,7 @@ def run(ctx) -> str:
     ]
     for name, (true_prior, fit) in penalties_shown.items():
         runner = fit.ranking[1] if len(fit.ranking) > 1 else None
-        gap = f"{runner.gap:.4f} ± {runner.gap_se:.4f} ({runner.family})" if runner else "—"
+        gap = f"{runner.gap:.4f} ± {runner.gap_std_err:.4f} ({runner.family})" if runner else "—"
         slab = sp.nsimplify(true_prior.slab_penalty, tolerance=1e-6, rational=False) if true_prior.dim == 1 else true_prior.penalty
         lines.append(f"| {name}: {priors[name][2]} | `{sp.sstr(slab)}`"
                      + (f" + L0 weight {float(true_prior.l0_weight):.2f}" if true_prior.has_point_mass else "")

@@ -10,8 +10,7 @@ from slt_interp.bilinear import BilinearConfig, BilinearTransformer
 def random_model(device, seed=0, **kw) -> BilinearTransformer:
     base = dict(vocab_size=5, n_ctx=4, d_model=6, n_layers=1, n_heads=2, d_head=3, d_mlp=5)
     base.update(kw)
-    torch.manual_seed(seed)  # test code: seeding the weights of a throwaway model
-    return BilinearTransformer(BilinearConfig(**base)).double().to(device)
+    return BilinearTransformer(BilinearConfig(**base), seed=seed).double().to(device)
 
 
 def random_tokens(model, batch, seed, device):

@@ -35,8 +35,7 @@ def test_component_sum_equals_forward(device, case):
 
 def test_component_sum_equals_forward_on_trained_model(device):
     task = modular_addition(5)
-    torch.manual_seed(0)
-    model = BilinearTransformer(BilinearConfig(vocab_size=6, n_ctx=3, d_model=8, n_heads=2, d_head=4, d_mlp=8))
+    model = BilinearTransformer(BilinearConfig(vocab_size=6, n_ctx=3, d_model=8, n_heads=2, d_head=4, d_mlp=8), seed=0)
     result = train(model, task, steps=60, lr=2e-2, progress=False)
     assert result.losses[-1] < 0.7 * result.losses[0]  # it did train
     model = model.double().to(device)
@@ -55,6 +54,21 @@ def test_term_names_count_and_structure():
     assert exp[exp.index("L0.H1(q=emb, k=emb, v=emb)")].degree == 3
     with pytest.raises(KeyError, match="no term named"):
         exp.index("L7.H0")
+
+
+def test_components_are_public_and_partition_the_terms():
+    exp = expand(random_model("cpu", n_layers=2, n_heads=2))
+    assert exp.component_names == ("emb", "L0.H0", "L0.H1", "L0.mlp", "L1.H0", "L1.H1", "L1.mlp")
+    covered = [i for c in exp.components for i in c.terms]
+    assert covered == list(range(len(exp)))
+    for c in exp.components:
+        assert exp.component_index(c.name) == c.index
+        assert all(exp[i].component == c.name and exp[i].kind == c.kind for i in c.terms)
+        if c.kind != "embed":  # heads read everything before their layer; an MLP everything before it
+            first = c.index if c.kind == "mlp" else exp.component_index(f"L{c.layer}.H0")
+            assert c.sources == tuple(range(first))
+    with pytest.raises(KeyError, match="unknown component"):
+        exp.component_index("L9.mlp")
 
 
 def test_path_counts_match_theory():
@@ -86,6 +100,7 @@ PATH_CASES = [  # small enough to materialise every path (9, 13, 8,645 and 196 p
 def test_paths_sum_to_forward_and_degrees_are_counted(device, case):
     model = random_model(device, **case)
     paths = expand(model, "path")
+    assert isinstance(paths, PathExpansion)
     tokens = random_tokens(model, 2, 2, device)
     values = paths.materialise(tokens)
     assert rel_err(values.sum(0), model(tokens)) < 1e-10
@@ -204,7 +219,7 @@ def test_refuses_non_polynomial_models():
         expand(model)
     swapped = BilinearTransformer(cfg)
     swapped.blocks[0].mlp = nn.Linear(4, 4)
-    with pytest.raises(NotExpandableError, match="block 0 holds a Linear"):
+    with pytest.raises(NotExpandableError, match=r"model.blocks\[0\].mlp is a Linear"):
         expand(swapped)
     with pytest.raises(ValueError, match="level must be"):
         expand(BilinearTransformer(cfg), "neurons")

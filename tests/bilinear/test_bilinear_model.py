@@ -19,8 +19,7 @@ def test_config_rejects_unknown_keys_and_bad_values():
 
 @pytest.mark.parametrize("normaliser", ["none", "position"])
 def test_linear_attention_matches_explicit_sum(device, normaliser):
-    torch.manual_seed(0)
-    attn = LinearAttention(5, 2, 3, 6, normaliser=normaliser).double().to(device)
+    attn = LinearAttention(5, 2, 3, 6, normaliser=normaliser, seed=0).double().to(device)
     x = torch.randn(2, 6, 5, dtype=torch.float64, device=device)
     out = attn(x)
     ref = torch.zeros_like(out)
@@ -35,8 +34,7 @@ def test_linear_attention_matches_explicit_sum(device, normaliser):
 
 
 def test_bilinear_mlp_equals_its_tensor(device):
-    torch.manual_seed(1)
-    mlp = BilinearMLP(4, 7).double().to(device)
+    mlp = BilinearMLP(4, 7, seed=1).double().to(device)
     x = torch.randn(3, 4, dtype=torch.float64, device=device)
     B = torch.einsum("ah,hi,hj->aij", mlp.P, mlp.W, mlp.V)
     assert rel_err(mlp(x), torch.einsum("aij,ni,nj->na", B, x, x)) < 1e-13
@@ -76,3 +74,25 @@ def test_save_load_roundtrip(tmp_path):
         load_model(tmp_path / "other.pt")
     with pytest.raises(TypeError, match="BilinearTransformer"):
         save_model(nn.Linear(2, 2), tmp_path / "x.pt")
+
+
+def test_initial_weights_come_from_the_seed_not_the_global_rng():
+    cfg = BilinearConfig(vocab_size=5, n_ctx=4, d_model=6, n_layers=2, n_heads=2, d_head=3, d_mlp=5)
+    state = torch.get_rng_state()
+    a, b = BilinearTransformer(cfg, seed=3), BilinearTransformer(cfg, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is not touched
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = BilinearTransformer(cfg, seed=4)
+    assert all(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+    torch.manual_seed(123)  # the default (seed 0) does not depend on the global RNG either
+    d = BilinearTransformer(cfg)
+    torch.manual_seed(456)
+    assert torch.equal(d.W_E, BilinearTransformer(cfg).W_E)
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert torch.equal(BilinearTransformer(cfg, generator=g1).W_U, BilinearTransformer(cfg, generator=g2).W_U)
+    assert torch.equal(BilinearMLP(4, 3, seed=2).W, BilinearMLP(4, 3, seed=2).W)
+    assert not torch.equal(LinearAttention(4, 2, 3, 5, seed=1).W_Q, LinearAttention(4, 2, 3, 5, seed=2).W_Q)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        BilinearTransformer(cfg, seed=1.5)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        BilinearTransformer(cfg, generator=0)

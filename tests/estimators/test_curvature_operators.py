@@ -12,7 +12,7 @@ from slt_interp.estimators import (
     behavioral_loss,
     training_loss,
 )
-from slt_interp.estimators._flat import flatten
+from slt_interp.estimators.flat import flatten
 
 
 def _mse(p, t):

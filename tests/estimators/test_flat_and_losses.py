@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from slt_interp.estimators import behavioral_kl, behavioral_mse
-from slt_interp.estimators._flat import flatten
+from slt_interp.estimators.flat import flatten
 
 
 def test_flatten_dict_roundtrip_and_value():

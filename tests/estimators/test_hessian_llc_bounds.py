@@ -148,9 +148,9 @@ def test_rank_curve_dense_and_vs_n():
     tau = 1e-2
     assert float(curve.soft_ranks[2]) == pytest.approx(float((h / (h + tau)).sum()))
     n = torch.tensor([1e2, 1e4, 1e6], dtype=torch.float64)
-    vs_n = rank_curve_vs_n(h, n, gamma=2.0)
+    vs_n = rank_curve_vs_n(h, n, localization=2.0)
     assert torch.allclose(vs_n.thresholds, 2.0 * torch.log(n) / n)
-    assert torch.allclose(threshold_for_sample_size(n, gamma=2.0), vs_n.thresholds)
+    assert torch.allclose(threshold_for_sample_size(n, localization=2.0), vs_n.thresholds)
     assert vs_n.ranks.tolist() == sorted(vs_n.ranks.tolist())  # more data resolves more directions
     with pytest.raises(ValueError, match="must be > 1"):
         threshold_for_sample_size(1)
@@ -171,7 +171,7 @@ def test_rank_curve_from_slq_matches_dense():
     count = count_eigenvalues(op, 0.1, num_probes=16, generator=torch.Generator().manual_seed(1))
     curve = rank_curve(count, [1e-3, 0.1, 0.4])
     assert curve.method == "slq"
-    for r, se in zip(curve.ranks.tolist(), curve.stderr.tolist()):
+    for r, se in zip(curve.ranks.tolist(), curve.std_err.tolist()):
         assert abs(r - 60) <= 4 * se + 0.5
 
 

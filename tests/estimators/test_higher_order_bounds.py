@@ -6,8 +6,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from slt_interp.estimators import analyze_quartic, sharpen_bounds
-from slt_interp.estimators._flat import flatten
+from slt_interp.estimators import analyze_quartic, llc_bounds, sharpen_bounds
+from slt_interp.estimators.flat import flatten
 from slt_interp.estimators.llc_bounds import LLCBounds
 from slt_interp.theory import zoo
 
@@ -19,7 +19,8 @@ def _dense_base(problem, rel_threshold: float = 1e-9):
     threshold = rel_threshold * max(float(ev.abs().max()), 1.0)
     r = int((ev > threshold).sum())
     d = problem.dim
-    base = LLCBounds(Fraction(r, 2), Fraction(d, 2), r, d - r, d, r == d, threshold, "dense", eigenvalues=ev)
+    base = LLCBounds(lower=Fraction(r, 2), upper=Fraction(d, 2), rank=r, nullity=d - r, dim=d, exact=r == d,
+                     threshold=threshold, method="dense", eigenvalues=ev)
     return base, ev, U
 
 
@@ -43,7 +44,9 @@ def test_schur_correction_on_w1_minus_w2sq():
     assert not b.exact
     assert b.quartic == "zero"
     assert b.lower <= Fraction(1, 2) <= b.upper
-    assert (b.lower, b.upper) == (Fraction(1, 2), Fraction(1, 2) + Fraction(1, 6))
+    # g₄ ≡ 0 is observed, never certified: the certified upper bound stays r/2 + k/4
+    assert (b.lower, b.upper) == (Fraction(1, 2), Fraction(1, 2) + Fraction(1, 4))
+    assert any("k/6" in s for s in b.observed) and not any("g₄ ≡ 0" in s for s in b.certified)
 
 
 def test_normal_crossing_w1w2_squared():
@@ -55,7 +58,7 @@ def test_normal_crossing_w1w2_squared():
 def test_w1sq_w2quartic_is_order_six():
     b = _order4(lambda w: w[0] ** 2 * w[1] ** 4, 2)
     assert b.quartic == "zero" and b.rank == 0
-    assert (b.lower, b.upper) == (Fraction(0), Fraction(1, 3))
+    assert (b.lower, b.upper) == (Fraction(0), Fraction(1, 2))
     assert b.lower <= Fraction(1, 4) <= b.upper
 
 
@@ -71,6 +74,33 @@ def test_indefinite_quartic_keeps_order_two_bounds():
     assert any("would not be a local minimum" in s for s in b.certified)
 
 
+# ------------------------------------------------------------------ certificates do not depend on units (issue 11.7)
+def test_small_quartic_next_to_large_quadratic_is_not_zero():
+    # a² + 1e-7·b⁴: λ = 3/4. The old tolerance (1e-6·λ_max(H)) called g₄ = 1e-7·b⁴ zero: [1/2, 2/3]
+    b = _order4(lambda w: w[0] ** 2 + 1e-7 * w[1] ** 4, 2)
+    assert b.lower <= Fraction(3, 4) <= b.upper, b
+    assert b.quartic == "positive definite" and b.exact and b.lower == Fraction(3, 4)
+
+
+def test_unbalanced_units_normal_crossing_on_the_null_space():
+    # 1e3·a² + 1e-3·(bc)²: λ = 1/2 + 1/2 = 1. The old tolerance gave [1/2, 5/6]
+    b = _order4(lambda w: 1e3 * w[0] ** 2 + 1e-3 * (w[1] * w[2]) ** 2, 3)
+    assert b.lower <= 1 <= b.upper, b
+    assert b.quartic == "degenerate" and (b.lower, b.upper) == (Fraction(3, 4), Fraction(1))
+
+
+@pytest.mark.parametrize("c", [1.0, 0.03, 30.0])
+def test_rescaling_the_parameters_changes_no_verdict(c):
+    # K(w) = a² + 1e-3·b⁴ has exact λ = 3/4; K(c·w) is the same model in other units
+    b = _order4(lambda w: (c * w[0]) ** 2 + 1e-3 * (c * w[1]) ** 4, 2)
+    assert b.quartic == "positive definite" and b.exact and b.lower == b.upper == Fraction(3, 4), (c, b)
+    p = flatten(lambda w: (c * w[0]) ** 2 + 1e-3 * (c * w[1]) ** 4 + (c * w[2]) ** 2 * (c * w[3]) ** 2,
+                torch.zeros(4, dtype=torch.float64))
+    base, ev, U = _dense_base(p)
+    qa = analyze_quartic(p, rank=base.rank, eigenvalues=ev, eigenvectors=U, generator=torch.Generator().manual_seed(0))
+    assert (qa.classification, qa.proven) == ("degenerate", True), (c, qa)
+
+
 # ------------------------------------------------------------------ certified vs observed
 def test_sphere_search_only_observes_positive_definiteness():
     # forcing the large-null-space path: positive definiteness is seen, not proven, so no exact claim
@@ -79,7 +109,7 @@ def test_sphere_search_only_observes_positive_definiteness():
     base, ev, U = _dense_base(p)
     qa = analyze_quartic(p, rank=base.rank, eigenvalues=ev, eigenvectors=U, max_monomials=0,
                          generator=torch.Generator().manual_seed(0))
-    assert qa.method == "sphere search" and qa.classification == "positive definite" and not qa.certified
+    assert qa.method == "sphere search" and qa.classification == "positive definite" and not qa.proven
     # min of w1⁴ + w2⁴ + w1²w2² on the circle is 3/4 (at |w1| = |w2|)
     assert abs(qa.minimum - 0.75) < 1e-8
     b = sharpen_bounds(base, p, eigenvalues=ev, eigenvectors=U, max_monomials=0)
@@ -214,3 +244,13 @@ def test_cubic_allowed_by_a_tiny_null_eigenvalue():
     assert any("allow at a minimum" in s for s in ok.observed)
     bad = _order4(lambda w: w[0] ** 2 + eps * w[1] ** 2 + 1e-4 * w[1] ** 3 + w[1] ** 4, 2)  # c² = 1e-8 > 4ε
     assert bad.quartic == "indefinite" and (bad.lower, bad.upper) == (Fraction(1, 2), Fraction(1))
+
+
+@pytest.mark.parametrize("fn, d, truth", [
+    (lambda w: w[0] ** 2 + 1e-7 * w[1] ** 4, 2, Fraction(3, 4)),
+    (lambda w: 1e3 * w[0] ** 2 + 1e-3 * (w[1] * w[2]) ** 2, 3, Fraction(1)),
+    (lambda w: (0.03 * w[0]) ** 2 + 1e-3 * (0.03 * w[1]) ** 4, 2, Fraction(3, 4)),
+])
+def test_llc_bounds_order_4_contains_lambda_in_any_units(fn, d, truth):
+    b = llc_bounds(fn, torch.zeros(d, dtype=torch.float64), order=4)
+    assert b.lower <= truth <= b.upper, b

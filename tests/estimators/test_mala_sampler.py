@@ -106,7 +106,7 @@ def test_mala_resume_equals_uninterrupted_run(tmp_path):
     assert resumed.mean == straight.mean
     assert resumed.diagnostics.mala_acceptance == straight.diagnostics.mala_acceptance < 1.0
     # a MALA checkpoint is not an SGLD checkpoint
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match="different sampler setting"):
         estimate_llc(model, _mse, (x, y), num_draws=70, checkpoint_path=path, resume=True,
                      **{**kw, "sampler": "sgld", "batch_size": 96})
 

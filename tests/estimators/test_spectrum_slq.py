@@ -60,11 +60,11 @@ def test_slq_count_matches_dense_on_a_spread_spectrum(device):
     op, _ = _quadratic(h, device, seed=4)
     count = count_eigenvalues(op, 1e-4, num_probes=24, generator=torch.Generator().manual_seed(5))
     assert count.converged and count.num_steps < 600
-    assert abs(count.count - 350) <= 4 * count.stderr + 0.5, count
-    assert count.ci[0] <= count.count <= count.ci[1] and count.stderr > 0
+    assert abs(count.count - 350) <= 4 * count.std_err + 0.5, count
+    assert count.ci[0] <= count.count <= count.ci[1] and count.std_err > 0
     # the same quadrature counts other thresholds at no cost
     other = count.quadrature.count(1e-10)
-    assert abs(other.count - 600) <= 4 * other.stderr + 1.0
+    assert abs(other.count - 600) <= 4 * other.std_err + 1.0
 
 
 def test_slq_count_on_gauss_newton_of_a_few_thousand_parameter_mlp():
@@ -81,8 +81,8 @@ def test_slq_count_on_gauss_newton_of_a_few_thousand_parameter_mlp():
     truth = int((ev > tau).sum())
     assert 40 < truth <= 60  # rank ≤ n·outputs = 60
     count = count_eigenvalues(op, tau, num_probes=16, generator=torch.Generator().manual_seed(1))
-    assert abs(count.count - truth) <= 4 * count.stderr + 0.5, (count, truth)
-    assert count.ci[0] - 2 * count.stderr <= truth <= count.ci[1] + 2 * count.stderr
+    assert abs(count.count - truth) <= 4 * count.std_err + 0.5, (count, truth)
+    assert count.ci[0] - 2 * count.std_err <= truth <= count.ci[1] + 2 * count.std_err
 
 
 def test_slq_fixed_steps_and_exact_trace():
@@ -119,4 +119,4 @@ def test_slq_does_not_stop_while_a_ritz_value_straddles_the_threshold():
     h = torch.cat([torch.tensor([3.0e-6], dtype=torch.float64), torch.logspace(-4, 0.5, 57, dtype=torch.float64)])
     op, _ = _quadratic(h, "cpu", seed=7)
     count = count_eigenvalues(op, 3.34e-6, num_probes=8, generator=torch.Generator().manual_seed(0))
-    assert abs(count.count - 57) <= 4 * count.stderr + 0.5, (count, count.steps_history)
+    assert abs(count.count - 57) <= 4 * count.std_err + 0.5, (count, count.steps_history)

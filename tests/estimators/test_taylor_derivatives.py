@@ -7,7 +7,7 @@ from torch import nn
 from torch.func import functional_call, hessian, jacfwd
 
 from slt_interp.estimators import TaylorMode, directional_derivatives, fourth_derivative, third_derivative_vector
-from slt_interp.estimators._flat import flatten
+from slt_interp.estimators.flat import flatten
 from slt_interp.estimators.taylor import UnsupportedOperation, nested_directional_derivative
 
 

@@ -5,6 +5,7 @@ import sympy as sp
 import torch
 
 from slt_interp.theory import fit_prior
+from slt_interp.theory.fit_prior import FAMILIES, _A, _X, _family_prior
 
 
 def test_recovers_cauchy_among_non_nested_families():
@@ -26,8 +27,8 @@ def test_recovers_heavy_tail_and_point_mass():
     fit = fit_prior(x, families=("exponential", "half_normal", "lomax"), seed=0)
     assert fit.best.family == "lomax"
     for other in fit.ranking[1:]:  # α > 4: the log-likelihood gaps have finite variance
-        assert other.gap > 3 * other.gap_se
-    se = np.sqrt(p_active * (1 - p_active) / fit.n_train)
+        assert other.gap > 3 * other.gap_std_err
+    se = np.sqrt(p_active * (1 - p_active) / fit.num_train_samples)
     assert abs(fit.zero_fraction - (1 - p_active)) < 4 * se
     assert fit.best.values["alpha"] == pytest.approx(alpha, rel=0.1)
     prior = fit.prior
@@ -43,7 +44,7 @@ def test_recovers_exponential_over_half_normal():
     x = np.random.default_rng(2).exponential(2.0, size=20000)
     fit = fit_prior(x, families=("exponential", "half_normal"), seed=3)
     assert fit.best.family == "exponential"
-    assert fit.ranking[1].gap > 5 * fit.ranking[1].gap_se
+    assert fit.ranking[1].gap > 5 * fit.ranking[1].gap_std_err
     assert fit.best.values["s"] == pytest.approx(2.0, rel=0.05)
 
 
@@ -56,3 +57,27 @@ def test_fit_prior_errors():
         fit_prior(np.r_[np.zeros(100), np.ones(5)])
     with pytest.raises(ValueError, match="test_fraction"):
         fit_prior(np.ones(100), test_fraction=1.5)
+    # before issue 11: "no family could be fitted: []" and "unknown famil(ies) ['l', 'a', ...]"
+    with pytest.raises(ValueError, match=r"families is empty: pass at least one of .*or families=None"):
+        fit_prior(np.ones(100), families=[])
+    with pytest.raises(ValueError, match=r"sequence of names.*families=\('laplace',\)"):
+        fit_prior(np.ones(100), families="laplace")
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_densities_are_scipys_and_the_point_mass_keeps_its_weight(name):
+    """The L0 weight of the fitted penalty is log(π₀ / ((1 − π₀)·f(0⁺)·Z)) only with f normalised: before
+    issue 11 four families' densities were unnormalised, so P(a = 0) of the derived prior was not π₀."""
+    fam = FAMILIES[name]
+    var = _A if fam.support == "real" else _X
+    values = {"s": 0.8, "nu": 3.5, "p": 1.4, "alpha": 2.2, "pi_0": 0.3}
+    subs = {q: values[str(q)] for q in fam.parameters}
+    shape = [values[str(q)] for q in fam.parameters[:-1]]
+    for t in (0.3, 1.7):
+        point = t if fam.support == "nonnegative" else -t
+        ours = float(sp.log(fam.density.subs(subs).subs(var, point)))
+        assert ours == pytest.approx(float(fam.dist.logpdf(point, *shape, loc=0, scale=subs[fam.parameters[-1]])),
+                                     rel=1e-12)
+    prior = _family_prior(name, True)
+    assert prior.zero_probability is not None
+    assert float(prior.zero_probability.subs({q: values[str(q)] for q in prior.parameters})) == pytest.approx(0.3)

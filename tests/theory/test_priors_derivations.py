@@ -96,7 +96,7 @@ def test_product_and_sum_of_logs_are_different_priors():
     product = prior_from_penalty((1 + sp.Abs(a1)) * (1 + sp.Abs(a2)), [a1, a2])
     logs = prior_from_penalty(sp.log(1 + sp.Abs(a1)) + sp.log(1 + sp.Abs(a2)), [a1, a2])
     assert logs.separable is True and logs.coupling == "none"
-    assert product.separable is False and product.coupling == "competition" and product.coupling_certified
+    assert product.separable is False and product.coupling == "competition" and product.coupling_proven
     assert is_zero(product.coupling_derivative - 1)
     assert logs.proper is False  # ∫ (1 + |a|)^(−1) da diverges on each axis
 
@@ -157,9 +157,20 @@ def test_flat_penalty_and_bad_variables_are_errors():
 
 
 def test_undecidable_normaliser_is_reported_not_guessed():
-    r = prior_from_penalty(sp.Abs(A) ** 3 + sp.cos(A) ** 2 * sp.log(1 + A**2), [A])
-    assert r.proper is None and r.proper_condition is None and r.normaliser is None
+    # ρ/log|a| oscillates between 1 and 2: no tail index, no closed form, so nothing is claimed
+    r = prior_from_penalty((1 + sp.sin(A) ** 2) * sp.log(1 + sp.Abs(A)), [A])
+    assert r.proper is None and r.proper_condition is None and r.normaliser is None and r.tail_index is None
     assert any("undecided" in note for note in r.notes)
+
+
+def test_tail_index_proves_properness_without_a_closed_form():
+    # no closed form for ∫ exp(−|a|³ − cos²a·log(1 + a²)), but τ = ∞ and ρ is finite: proper
+    r = prior_from_penalty(sp.Abs(A) ** 3 + sp.cos(A) ** 2 * sp.log(1 + A**2), [A])
+    assert r.proper is True and r.proper_condition == sp.true and r.tail_index == sp.oo
+    assert r.normaliser is None and any("closed form" in note for note in r.notes)
+    # Bertrand's test at τ = 1: 1/((1 + a)(1 + log(1 + a))²) is integrable, 1/(1 + a) is not
+    bertrand = prior_from_penalty(sp.log(1 + X) + 2 * sp.log(1 + sp.log(1 + X)), [X])
+    assert bertrand.proper is True and bertrand.tail_index == 1
 
 
 def test_non_integrable_density_is_reported_improper():

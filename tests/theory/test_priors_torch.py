@@ -98,12 +98,78 @@ def test_translator_handles_the_lambdify_pitfalls(device):
 
 def test_to_torch_parameter_errors():
     r = entry("log_penalty")
-    with pytest.raises(ValueError, match="unbound symbol"):
-        r.to_torch()(torch.ones(3))
+    with pytest.raises(ValueError, match=r"unbound parameter.*'s'.*to_torch\(s=1.0\)"):
+        r.to_torch()
     with pytest.raises(ValueError, match="unknown parameter"):
         r.to_torch(scale=1.0)
     with pytest.raises(ValueError, match="multiple of 3"):
         entry("group_lasso").to_torch()(torch.ones(4))
+
+
+@pytest.mark.parametrize("value, match", [
+    (-2.0, r"s = -2.0, but s is declared positive.*pass s > 0"),
+    (0.0, r"declared positive.*pass s > 0"),
+    (float("nan"), r"s = nan is not finite; pass a finite number"),
+    (float("inf"), "not finite"),
+    ("2", "must be a real number"),
+])
+def test_to_torch_refuses_invalid_parameter_values(value, match):
+    """Before issue 11, s = −2 and s = nan were accepted and gave a penalty rewarding activity / NaN."""
+    with pytest.raises(ValueError, match=match):
+        entry("log_penalty").to_torch(s=value)
+
+
+def test_spike_and_slab_refuses_a_point_mass_weight_above_one():
+    """π₀ = 1.5 makes the slab weight 1 − π₀ negative: the L0 weight is the log of a negative number."""
+    r = entry("spike_and_slab")
+    v = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"pi_0 = 1.5.*not real.*pi_0 must lie in \(0, 1\)"):
+        r.prox(v, step=0.5, pi_0=1.5, **{"lambda": 1.0})
+    with pytest.raises(ValueError, match=r"pi_0 = 1.5.*not real"):
+        r.to_torch(pi_0=1.5, **{"lambda": 1.0})
+    with pytest.raises(ValueError, match="declared positive"):
+        r.prox(v, step=0.5, pi_0=-0.5, **{"lambda": 1.0})
+    assert torch.isfinite(r.prox(v, step=0.5, pi_0=0.5, **{"lambda": 1.0})).all()
+
+
+@pytest.mark.parametrize("name, length", [("group_lasso", 4), ("exclusive_lasso", 5), ("k_sparse", 2)])
+def test_group_prox_refuses_a_length_that_is_not_a_multiple_of_the_group(name, length):
+    """Before issue 11 the group lasso's prox failed deep in a reshape (RuntimeError)."""
+    with pytest.raises(ValueError, match=r"groups of 3 coordinates.*multiple of 3; got \(%d,\)" % length):
+        entry(name).prox(torch.ones(length, dtype=torch.float64), step=0.5)
+
+
+def test_prox_refuses_a_bad_step():
+    for step in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="step t must be a finite positive number"):
+            entry("laplace").prox(torch.ones(2), step=step, **{"lambda": 1.0})
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("generalized_gaussian", {"s": 1.0, "p": 0.5}),
+    ("generalized_gaussian", {"s": 0.7, "p": 0.3}),
+    ("half_norm", {}),
+])
+def test_cusp_penalties_have_a_finite_subgradient_at_zero(name, kwargs, device):
+    """|a|^p with p < 1 and (Σ√|a_i|)² have slope ±∞ at a_i = 0; torch's gradient there was NaN (inf · 0).
+    The gradient is now the valid subgradient 0 at exact zeros and unchanged elsewhere."""
+    r = entry(name)
+    x = torch.tensor([[0.0, 0.8, -1.5], [0.0, 0.0, 0.0]], dtype=torch.float64, device=device, requires_grad=True)
+    (g,) = torch.autograd.grad(r.to_torch(**kwargs)(x).sum(), x)
+    assert torch.isfinite(g).all()
+    assert g[:, 0].tolist() == [0.0, 0.0] and g[1].tolist() == [0.0, 0.0, 0.0]
+    expr = r.penalty.subs({sp.Symbol(k, positive=True): sp.Float(v) for k, v in kwargs.items()})
+    if r.dim == 1:
+        ref = [float(sp.diff(expr, r.variables[0]).subs(r.variables[0], t)) for t in (0.8, -1.5)]
+    else:
+        pt = dict(zip(r.variables, (0.0, 0.8, -1.5)))
+        ref = [float(sp.diff(expr, v).subs(pt)) for v in r.variables[1:]]
+    assert g[0, 1:].tolist() == pytest.approx(ref, rel=1e-12)
+    a = sp.Symbol("a", real=True)
+    f = torch_function(sp.Abs(a) ** sp.Rational(1, 3), (a,))  # a fixed exponent takes the same path
+    y = torch.zeros(3, dtype=torch.float64, device=device, requires_grad=True)
+    (gy,) = torch.autograd.grad(f(y), y)
+    assert gy.tolist() == [0.0, 0.0, 0.0]
 
 
 # ------------------------------------------------------------------------------------------------

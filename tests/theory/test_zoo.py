@@ -106,5 +106,5 @@ def test_invalid_zoo_inputs():
         zoo.deep_linear_model([3, 3], 0)
     with pytest.raises(ValueError, match="exceeds the smallest width"):
         zoo.deep_linear_model([3, 2, 3, 3], 3)
-    with pytest.raises(ValueError, match="n must be ≥ 1"):
+    with pytest.raises(ValueError, match="num_samples must be ≥ 1"):
         zoo.reduced_rank_model(2, 2, 2, 1).sample(0)

@@ -1,0 +1,330 @@
+"""Per-position term bounds from the vertex structure of layer-0 outputs (docs/theory.md §5).
+
+Every bound here is an upper bound on sup over all token sequences of ‖M·term_t‖₂ at each position t,
+proven in exact arithmetic from three facts:
+
+1. **Layer-0 outputs are sums of per-token vectors.** With e(x, t) = W_E[x] + W_pos[t], head h of layer
+   0 writes at position t, given the token x = x_t,
+   z_h(t) = λ_h(t, x; t, x)·v_h(t, x) + Σ_{s<t} λ_h(t, x; s, x_s)·v_h(s, x_s),
+   λ_h(t, x; s, y) = n(t)·e(x, t)ᵀ W_Qᵀ W_K e(y, s), v_h(s, y) = W_O W_V e(y, s),
+   with x_s free for s < t: the set of z_h(t) is the Minkowski sum of finite per-token sets, and its
+   convex hull has the sums of per-token vectors as vertices.
+2. **Terms are multilinear in their sources**, so a norm or |linear functional| of a term is convex in
+   each source and its maximum over a source's set is attained at a vertex combination: sup ‖L z‖ over
+   a Minkowski sum ≤ Σ_slots max_vertex ‖L·vertex‖ (triangle inequality; exact when one slot), and
+   sup |wᵀ z| = support function, computed exactly slot by slot.
+3. **Products of sources** are bounded by Cauchy–Schwarz (|qᵀ A k| ≤ ‖Aᵀq‖·‖k‖) and, for bilinear MLPs,
+   ‖P (u ⊙ v)‖ ≤ ‖P‖₂·min(‖u‖₂‖v‖_∞, ‖u‖_∞‖v‖₂), with every factor a per-position supremum from 1–2.
+
+For a head term (q=a, k=b, v=c) at query position t: ‖Σ_{s≤t} n(t)(q_tᵀ A k_s)·B v_s‖ ≤
+n(t) Σ_{s≤t} sup|q_tᵀ A k_s|·sup‖B v_s‖ (a, b, c independent; exact enumeration of the embedding's V
+vectors wherever a slot is the embedding, coupled when k and v are both the embedding at s). For an MLP
+term (a, b): one slot the embedding e(x, t) makes the term linear in the other source,
+M P (diag(W e) V + diag(V e) W)·out_b(t), bounded by fact 2; otherwise fact 3. Sources deeper than
+layer 0 enter through per-position norm bounds R_c(t) = Σ_{terms of c} bound_t (identity readout).
+
+Rounding: these are bounds (exact arithmetic): proven for the exact real-number evaluation of the
+formulas on the model's weights, then evaluated in float64. The rounding of that evaluation (relative
+~1e-13 of the norm products involved at these sizes; Higham 2002, §3.1) is not enclosed, so they are
+not float64 certificates; a margin that would make them so is not added.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .layers import position_normaliser
+
+__all__ = ["vertex_bounds"]
+
+class _Layer0:
+    """Per-token vertex data of the layer-0 components (emb, heads) and per-position sup norms."""
+
+    def __init__(self, model, f64):
+        c = model.config
+        self.T, self.V = c.n_ctx, c.vocab_size
+        WE = model.W_E.detach().to(**f64)
+        e = WE[None].expand(c.n_ctx, -1, -1)  # (T, V, d): e(x, t)
+        if model.W_pos is not None:
+            e = e + model.W_pos.detach().to(**f64)[:, None, :]
+        self.e = e.contiguous()
+        self.n = position_normaliser(c.n_ctx, c.normaliser, **f64)  # (T,)
+        t = torch.arange(c.n_ctx, device=e.device)
+        self.strict = (t[None, :] < t[:, None]).to(torch.float64)  # (t, s): s < t
+        self.lam, self.val = {}, {}
+        attn = model.blocks[0].attn
+        flat = self.e.reshape(-1, self.e.shape[-1])  # (T·V, d)
+        for h in range(c.n_heads):
+            QK = attn.W_Q[h].detach().to(**f64).T @ attn.W_K[h].detach().to(**f64)
+            OV = attn.W_O[h].detach().to(**f64) @ attn.W_V[h].detach().to(**f64)
+            lam = (flat @ QK @ flat.T).reshape(self.T, self.V, self.T, self.V) * self.n[:, None, None, None]
+            self.lam[h] = lam  # (t, x, s, y)
+            self.val[h] = self.e @ OV.T  # (s, y, d)
+
+    def resid_atoms(self) -> tuple[Tensor, Tensor]:
+        """The layer-0 attention residual r(t) = e + Σ_h z_h given x_t = x, as c(t, x) + Σ_{s<t} g(t, x; s, y_s).
+
+        The heads share the tokens, so the atoms are summed over heads (an exact description).
+
+        Returns:
+            c (T, V, d) and g (T, V, T, V, d) (zero for s ≥ t).
+        """
+        if not hasattr(self, "_resid"):
+            idx = torch.arange(self.T, device=self.e.device)
+            c, g = self.e.clone(), torch.zeros(self.T, self.V, self.T, self.V, self.e.shape[-1], dtype=self.e.dtype,
+                                               device=self.e.device)
+            for h in self.lam:
+                atoms = self.lam[h][..., None] * self.val[h][None, None]  # (t, x, s, y, d)
+                c = c + atoms[idx, :, idx, :].diagonal(dim1=1, dim2=2).transpose(1, 2)  # (t, x, d): s = t, y = x
+                g = g + atoms * self.strict[:, None, :, None, None]
+            self._resid = (c, g)
+        return self._resid
+
+    def resid_abs_sup(self, w: Tensor) -> Tensor:
+        """sup |w_k · r(t)| over the layer-0 attention residual given x_t (exact support function): (T, V, k)."""
+        c, g = self.resid_atoms()
+        cw = c @ w.T  # (t, x, k)
+        gw = g @ w.T  # (t, x, s, y, k)
+        hi = cw + gw.amax(dim=3).sum(dim=2)  # zero rows for s ≥ t add nothing
+        lo = cw + gw.amin(dim=3).sum(dim=2)
+        return torch.maximum(hi, -lo)
+
+    def mlp0_sup(self, mlp, L: Tensor) -> Tensor:
+        """Bound on sup ‖L_k P((W r) ⊙ (V r))‖ for the layer-0 MLP output: (k, T).
+
+        Per hidden unit i, U_i = sup |W_i r| and V_i = sup |V_i r| are exact support functions of the
+        residual's vertex set; then ‖L P (u ⊙ v)‖ ≤ ‖(Σ_i |(L P)_ri| U_i V_i)_r‖₂, and also
+        ≤ ‖L P‖₂ · min(‖U‖₂ max V, max U ‖V‖₂).
+        """
+        W, V, P = (mlp.W.detach().to(self.e.dtype), mlp.V.detach().to(self.e.dtype), mlp.P.detach().to(self.e.dtype))
+        if not hasattr(self, "_mlp0_coords"):
+            self._mlp0_coords = (self.resid_abs_sup(W), self.resid_abs_sup(V))  # (t, x, d_mlp) each
+        U, Vs = self._mlp0_coords
+        LP = L @ P  # (k, m, d_mlp)
+        # per output row r: |(L P)_r (u ⊙ v)| ≤ Σ_i |(L P)_ri| U_i V_i; then ‖·‖₂ over the rows (≤ the
+        # column-norm form Σ_i ‖(L P)_{:,i}‖ U_i V_i by Minkowski's inequality)
+        coord = torch.einsum("kri,txi->ktxr", LP.abs(), U * Vs).norm(dim=-1)
+        spec = _spec(LP)  # (k,)
+        cs = torch.minimum(U.norm(dim=-1) * Vs.amax(dim=-1), U.amax(dim=-1) * Vs.norm(dim=-1))  # (t, x)
+        return torch.minimum(coord, spec[:, None, None] * cs[None]).amax(dim=2)
+
+    def emb_sup(self, L: Tensor) -> Tensor:
+        """max_x ‖L_k e(x, t)‖ for maps L (k, m, d): (k, T), exact."""
+        return torch.einsum("kmd,tvd->ktvm", L, self.e).norm(dim=-1).amax(dim=2)
+
+    def head_sup(self, h: int, L: Tensor, branch: bool = False) -> Tensor:
+        """Bound on sup ‖L_k z_h(t)‖ (fact 2), (k, T); per token x_t when ``branch`` ((k, T, V))."""
+        if L.shape[1] == 1:  # one row: |w·z| has the exact support function Σ_s max_y (and min_y)
+            hi, lo = self.head_support(h, L[:, 0])
+            out = torch.maximum(hi, -lo)
+            return out if branch else out.amax(dim=2)
+        Lv = torch.einsum("kmd,syd->ksym", L, self.val[h]).norm(dim=-1)  # (k, s, y)
+        lam = self.lam[h].abs()  # (t, x, s, y)
+        prod = lam[None] * Lv[:, None, None]  # (k, t, x, s, y)
+        off = (prod.amax(dim=4) * self.strict[None, :, None, :]).sum(dim=3)  # (k, t, x): Σ_{s<t} max_y
+        idx = torch.arange(self.T, device=lam.device)
+        diag = lam[idx, :, idx, :].diagonal(dim1=1, dim2=2)  # (t, x): λ(t, x; t, x)
+        base = diag[None] * Lv  # Lv[k, t, x]: the value vector of the token at t itself
+        out = off + base  # (k, t, x)
+        return out if branch else out.amax(dim=2)
+
+    def head_support(self, h: int, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact sup and inf of w_k·z_h(t) given x_t = x (support functions of the vertex set): (k, T, V) each."""
+        wv = torch.einsum("kd,syd->ksy", w, self.val[h])  # (k, s, y)
+        a = self.lam[h][None] * wv[:, None, None]  # (k, t, x, s, y)
+        idx = torch.arange(self.T, device=a.device)
+        diag = a[:, idx, :, idx, :].diagonal(dim1=2, dim2=3).transpose(0, 1)  # (k, t, x): s = t, y = x
+        hi = diag + (a.amax(dim=4) * self.strict[None, :, None, :]).sum(dim=3)
+        lo = diag + (a.amin(dim=4) * self.strict[None, :, None, :]).sum(dim=3)
+        return hi, lo
+
+    def atom_sum(self, h: int, G: Tensor, signed: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Σ over the atom slots of z_h(τ) of the largest value of a per-atom table: (τ, p).
+
+        With ``G`` (s, y, p) ≥ sup |Y_p · (direction of atom (s, y))|, returns
+        max_x Σ_{s<τ} max_y |λ_h(τ, x; s, y)|·G[s, y, p] + |λ_h(τ, x; τ, x)|·G[τ, x, p] (sublinearity of the
+        support function of the other factor's set). With ``signed`` = (hi, lo), each (s, y, p, x'), the
+        exact sup / inf of the other factor along +direction (x' its branch), it returns the tighter
+        max over both branches of max(Σ max_y max(λ·hi, λ·lo), −Σ min_y min(λ·hi, λ·lo)): (τ, p).
+        """
+        lam = self.lam[h]  # (τ, x, s, y)
+        idx = torch.arange(self.T, device=lam.device)
+        if signed is None:
+            a = lam.abs()[..., None] * G[None, None]  # (τ, x, s, y, p)
+            diag = a[idx, :, idx, :].diagonal(dim1=1, dim2=2).permute(0, 2, 1)  # (τ, x, p)
+            return (diag + (a.amax(dim=3) * self.strict[:, None, :, None]).sum(dim=2)).amax(dim=1)
+        hi, lo = signed  # (s, y, p, x')
+        top = torch.maximum(lam[..., None, None] * hi[None, None], lam[..., None, None] * lo[None, None])
+        bot = torch.minimum(lam[..., None, None] * hi[None, None], lam[..., None, None] * lo[None, None])
+        # (τ, x, s, y, p, x')
+        dt = top[idx, :, idx, :].diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)  # (τ, x, p, x')
+        db = bot[idx, :, idx, :].diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
+        m = self.strict[:, None, :, None, None]
+        up = dt + (top.amax(dim=3) * m).sum(dim=2)  # (τ, x, p, x')
+        down = db + (bot.amin(dim=3) * m).sum(dim=2)
+        return torch.maximum(up, -down).amax(dim=(1, 3))
+
+    def head_sup_given_x(self, h: int, G: Tensor) -> Tensor:
+        """sup ‖G_{t,x} z_h(t)‖ with a map per (t, x) (the token at t shared with z_h's branch): (T, V).
+
+        Args:
+            G: (T, V, m, d) maps.
+        """
+        Gv = torch.einsum("txmd,syd->txsym", G, self.val[h]).norm(dim=-1)  # (t, x, s, y)
+        lam = self.lam[h].abs()
+        off = ((lam * Gv).amax(dim=3) * self.strict[:, None, :]).sum(dim=2)  # (t, x)
+        idx = torch.arange(self.T, device=lam.device)
+        diag = (lam * Gv)[idx, :, idx, :].diagonal(dim1=1, dim2=2)  # (t, x)
+        return off + diag
+
+
+def _spec(M: Tensor) -> Tensor:
+    """Spectral norms of a batch of matrices (k, m, d) → (k,)."""
+    return torch.linalg.matrix_norm(M, ord=2) if M.numel() else torch.zeros(M.shape[0], dtype=M.dtype)
+
+
+def vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
+    """Per-term bounds b_i ≥ sup_{x, t} ‖M·term_i,t(x)‖₂ from the vertex structure (module docstring).
+
+    Bounds (exact arithmetic): see the module docstring on rounding. Used by
+    :func:`~slt_interp.bilinear.prune.term_bounds`, which keeps the smaller of these and its own.
+
+    Args:
+        expansion: a :class:`~slt_interp.bilinear.expand.ComponentExpansion`.
+        readout: M (out, d_model) in float64, or None for the identity (residual stream).
+
+    Returns:
+        (num_terms,) float64 bounds, in the expansion's term order.
+    """
+    model, cfg = expansion.model, expansion.config
+    dev = model.W_E.device
+    f64 = dict(dtype=torch.float64, device=dev)
+    with torch.no_grad():
+        base = _Layer0(model, f64)
+        T = cfg.n_ctx
+        eye = torch.eye(cfg.d_model, **f64)
+        comps = expansion.components
+        per_pos: dict[int, Tensor] = {}  # R_c(t) for components deeper than the layer-0 heads (identity readout)
+
+        def sup(ci: int, L: Tensor) -> Tensor:
+            """Bound on sup ‖L_k out_ci(t)‖ per map and position: (k, T)."""
+            c = comps[ci]
+            if c.kind == "embed":
+                return base.emb_sup(L)
+            if c.kind == "head" and c.layer == 0:
+                return base.head_sup(c.head, L)
+            generic = _spec(L)[:, None] * per_pos[ci][None]
+            if c.kind == "mlp" and c.layer == 0:
+                return torch.minimum(generic, base.mlp0_sup(model.blocks[0].mlp, L))
+            return generic
+
+        def sup_inf(ci: int, L: Tensor) -> Tensor:
+            """Bound on sup ‖L out_ci(t)‖_∞ for one map L (m, d): (T,)."""
+            return sup(ci, L[:, None, :]).amax(dim=0)
+
+        def head_term(c, a: int, b: int, v: int, M: Tensor | None, cache: dict) -> Tensor:
+            attn = model.blocks[c.layer].attn
+            A = attn.W_Q[c.head].detach().to(**f64).T @ attn.W_K[c.head].detach().to(**f64)  # (d, d)
+            B = attn.W_O[c.head].detach().to(**f64) @ attn.W_V[c.head].detach().to(**f64)
+            B = B if M is None else M @ B
+            n = base.n
+            key_v = ("N", v, id(M))
+            if key_v not in cache:
+                cache[key_v] = sup(v, B[None])[0]  # (s,)
+            N = cache[key_v]
+            emb_b = comps[b].kind == "embed"
+            if comps[a].kind == "embed":  # enumerate the query token: maps (A^T e(x, t))^T
+                key = ("qe", b)
+                if key not in cache:
+                    Lq = (base.e @ A).reshape(T * base.V, 1, -1)  # rows e(x,t)^T A
+                    cache[key] = sup(b, Lq).reshape(T, base.V, T).amax(dim=1)  # (t, s)
+                S = cache[key]
+            elif emb_b:  # enumerate the key token
+                key = ("ke", a)
+                if key not in cache:
+                    Lk = (base.e @ A.T).reshape(T * base.V, 1, -1)  # rows (A e(y, s))^T
+                    cache[key] = sup(a, Lk).reshape(T, base.V, T)  # (s, y, t)
+                S = cache[key].amax(dim=1).T  # (t, s)
+            else:
+                key = ("qq", a, b)
+                if key not in cache:
+                    qa, qA = sup(a, eye[None])[0], sup(a, A.T[None])[0]  # (t,)
+                    kb, kA = sup(b, eye[None])[0], sup(b, A[None])[0]  # (s,)
+                    S = torch.minimum(qA[:, None] * kb[None], qa[:, None] * kA[None])  # Cauchy–Schwarz
+                    head_a = comps[a].kind == "head" and comps[a].layer == 0
+                    head_b = comps[b].kind == "head" and comps[b].layer == 0
+                    if head_a and head_b:  # exact supports of the query set along A·(key atoms)
+                        hb = comps[b].head
+                        w = (base.val[hb] @ A.T).reshape(T * base.V, -1)  # rows A v_b(y, s2)
+                        hi, lo = base.head_support(comps[a].head, w)  # ((s2, y), t, x)
+                        hi = hi.reshape(T, base.V, T, base.V)
+                        lo = lo.reshape(T, base.V, T, base.V)
+                        S = torch.minimum(S, base.atom_sum(hb, None, (hi, lo)).T)  # (s, t) -> (t, s)
+                    elif head_b:  # atoms of the key, |q · A v| from the query's bound
+                        hb = comps[b].head
+                        w = (base.val[hb] @ A.T).reshape(T * base.V, 1, -1)
+                        G = sup(a, w).reshape(T, base.V, T)  # (s2, y, t)
+                        S = torch.minimum(S, base.atom_sum(hb, G).T)
+                    elif head_a:  # atoms of the query, |k · Aᵀ v| from the key's bound
+                        ha = comps[a].head
+                        w = (base.val[ha] @ A).reshape(T * base.V, 1, -1)  # rows (Aᵀ v_a)ᵀ
+                        G = sup(b, w).reshape(T, base.V, T)  # (s1, y, s)
+                        S = torch.minimum(S, base.atom_sum(ha, G))  # (t, s)
+                    cache[key] = S
+                S = cache[key]
+            pair = S * N[None]  # (t, s)
+            if emb_b and comps[v].kind == "embed":  # k and v are the same e(y, s): couple them
+                key = ("ke", a)
+                if key not in cache:
+                    Lk = (base.e @ A.T).reshape(T * base.V, 1, -1)
+                    cache[key] = sup(a, Lk).reshape(T, base.V, T)
+                Bnorm = (base.e @ B.T).norm(dim=-1)  # (s, y)
+                pair = torch.minimum(pair, (cache[key] * Bnorm[:, :, None]).amax(dim=1).T)
+            causal = base.strict + torch.eye(T, **f64)
+            return n * (pair * causal).sum(dim=1)  # (t,)
+
+        def mlp_term(c, a: int, b: int, M: Tensor | None, cache: dict) -> Tensor:
+            mlp = model.blocks[c.layer].mlp
+            W, V = mlp.W.detach().to(**f64), mlp.V.detach().to(**f64)
+            MP = mlp.P.detach().to(**f64) if M is None else M @ mlp.P.detach().to(**f64)  # (out, d_mlp)
+            ka, kb = comps[a].kind, comps[b].kind
+            if ka == kb == "embed":
+                return (((base.e @ W.T) * (base.e @ V.T)) @ MP.T).norm(dim=-1).amax(dim=1)  # exact
+            if kb == "embed":
+                a, b, ka, kb = b, a, kb, ka
+            if ka == "embed":  # linear in out_b given e = e(x_t, t): G_x = M P (diag(W e) V + diag(V e) W)
+                We, Ve = base.e @ W.T, base.e @ V.T  # (t, x, d_mlp)
+                G = torch.einsum("oh,txh,hd->txod", MP, We, V) + torch.einsum("oh,txh,hd->txod", MP, Ve, W)
+                cb = comps[b]
+                if cb.kind == "head" and cb.layer == 0:  # shares the token at t with z_b's branch
+                    return base.head_sup_given_x(cb.head, G).amax(dim=1)
+                return (_spec(G.reshape(-1, *G.shape[2:])).reshape(T, base.V) * per_pos[b][:, None]).amax(dim=1)
+            spec = _spec(MP[None])[0]
+            W2, V2 = sup(a, W[None])[0], sup(b, V[None])[0]
+            Winf, Vinf = sup_inf(a, W), sup_inf(b, V)
+            one = torch.minimum(W2 * Vinf, Winf * V2)
+            # per hidden unit and output row: |(MP)_r (u ⊙ v)| ≤ Σ_i |(MP)_ri| sup|u_i| sup|v_i|, then ‖·‖₂
+            Ua, Vb = sup(a, W[:, None, :]), sup(b, V[:, None, :])  # (d_mlp, t)
+            prod = Ua * Vb
+            if a != b:
+                W2b, V2a = sup(b, W[None])[0], sup(a, V[None])[0]
+                one = one + torch.minimum(W2b * sup_inf(a, V), sup_inf(b, W) * V2a)
+                prod = prod + sup(b, W[:, None, :]) * sup(a, V[:, None, :])
+            coord = (MP.abs() @ prod).norm(dim=0)  # (t,)
+            return torch.minimum(spec * one, coord)
+
+        values = torch.zeros(len(expansion), **f64)
+        values[0] = float((base.e if readout is None else base.e @ readout.T).norm(dim=-1).max())
+        per_pos[0] = base.e.norm(dim=-1).amax(dim=1)
+        for ci, c in enumerate(comps[1:], start=1):
+            total = torch.zeros(T, **f64)
+            cache_r, cache_o = {}, {}
+            for ti in c.terms:
+                idx = [expansion.component_index(s) for s in expansion.terms[ti].sources]
+                fn = head_term if c.kind == "head" else mlp_term
+                r = fn(c, *idx, None, cache_r)
+                o = r if readout is None else fn(c, *idx, readout, cache_o)
+                total = total + r
+                values[ti] = o.max()
+            per_pos[ci] = total
+        return values

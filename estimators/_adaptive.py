@@ -1,0 +1,250 @@
+"""The estimator's run driver: adaptive burn-in and draws, step-size back-off, checkpoints.
+
+A small driver over :class:`slt_interp.estimators._chains._ChainLoop` (which advances the chains of
+one sampler kernel):
+
+* **Burn-in** (``num_burnin=None``): run in doubling chunks (from ``min_burnin`` steps) until the
+  second half of what has run is stationary — the Geweke-style z of both λ̂ = nβ·(L − L*) and the
+  distance ‖w − w*‖² below ``burnin_max_abs_z`` and the split R̂ of λ̂ below ``max_rhat`` — then keep that
+  second half as the first draws (everything before is burn-in). Watching ‖w − w*‖² catches slow
+  drifts in directions held only by the localization, which λ̂ alone can miss.
+* **Draws** (``num_draws=None``): continue until the effective sample size of λ̂ reaches
+  ``target_ess`` and its standard error reaches ``target_rel_std_err``·|λ̂| (or
+  ``target_abs_std_err``), with split R̂ of λ̂ ≤ ``max_rhat`` and |z| ≤ ``max_abs_z`` for λ̂ and ‖w − w*‖²;
+  the next chunk is sized from the current ESS and SE (SE ∝ 1/√N). A late |z| or R̂ failure moves
+  the burn-in boundary to the middle of the draws.
+* **Budget**: at most ``max_steps`` steps per chain (and ``max_seconds`` of wall clock, if given);
+  a run that stops on the budget reports ``converged=False`` with the unmet targets.
+* **Back-off** (calibrated step sizes only): a divergence restarts the run from the last healthy
+  state (saved at every chunk boundary) with the step size divided by √10, and records it; explicit
+  step sizes raise :class:`SGLDDivergenceError` as before.
+
+Targets, budget and every back-off are stated in the result (:class:`ConvergenceTargets`,
+``LLCEstimate.step_size_backoffs``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from . import _checkpoint
+from ._chains import _STATE_KEYS, _ChainLoop, _Run
+from .diagnostics import effective_sample_size, geweke_z, mean_std_err, split_rhat
+
+BACKOFF = math.sqrt(10.0)
+MAX_BACKOFFS = 4
+
+
+@dataclass(frozen=True)
+class ConvergenceTargets:
+    """When an adaptive run stops (module docstring). Stated in every result's settings.
+
+    Attributes:
+        target_ess: total effective sample size of λ̂ over chains.
+        target_rel_std_err: standard error of λ̂ relative to |λ̂|.
+        target_abs_std_err: an absolute standard error that also suffices (for λ̂ near 0).
+        max_rhat: split R̂ of λ̂ across chains.
+        max_abs_z: |non-stationarity z| of the draws (λ̂ and ‖w − w*‖²).
+        burnin_max_abs_z: |z| of the second half of the burn-in that ends it.
+        min_burnin: the first burn-in chunk (steps).
+        max_steps: the budget, steps per chain, burn-in included.
+        max_seconds: a wall-clock budget (None: none). With it the run length, and so the result,
+            depends on the machine's speed; ``max_steps`` alone is reproducible.
+    """
+
+    target_ess: float = 400.0
+    target_rel_std_err: float = 0.03
+    target_abs_std_err: float = 0.01
+    max_rhat: float = 1.05
+    max_abs_z: float = 3.0
+    burnin_max_abs_z: float = 2.0
+    min_burnin: int = 100
+    max_steps: int = 20_000
+    max_seconds: float | None = None
+
+
+@dataclass
+class DriverRecord:
+    burnin_end: int
+    step_size: float
+    backoffs: list
+    converged: bool
+    unmet: list
+    steps_total: int
+
+
+def _z_and_rhat(x: torch.Tensor) -> tuple[float, float]:
+    if x.shape[1] < 8:
+        return math.nan, math.nan
+    z = geweke_z(x)[0]
+    r = split_rhat(x) if x.shape[0] > 1 else 1.0
+    return z, r
+
+
+def stationary(llc: torch.Tensor, dist2: torch.Tensor, max_abs_z: float, max_rhat: float) -> list[str]:
+    """The stationarity checks that fail on these draws (λ̂ and ‖w − w*‖²), in words."""
+    out = []
+    for name, x, use_rhat in (("λ̂", llc, True), ("‖w − w*‖²", dist2, False)):
+        # ‖w − w*‖² is checked for drift only: along exact symmetries (e.g. B·A = (B·g)(g⁻¹·A)) the chains
+        # spread slowly at different rates without changing λ̂, so its R̂ would fail forever
+        z, r = _z_and_rhat(x)
+        if math.isfinite(z) and abs(z) > max_abs_z:
+            out.append(f"{name} still drifts (non-stationarity z = {z:+.1f}, |z| > {max_abs_z:g})")
+        if use_rhat and math.isfinite(r) and r > max_rhat:
+            out.append(f"chains disagree on {name} (split R̂ = {r:.3f} > {max_rhat:g})")
+    return out
+
+
+def unmet_targets(llc: torch.Tensor, dist2: torch.Tensor, t: ConvergenceTargets) -> list[str]:
+    """Every convergence target these draws miss, in words (empty: converged)."""
+    if llc.shape[1] < 8:
+        return ["fewer than 8 draws"]
+    mean, se, _, _ = mean_std_err(llc)
+    ess = float(effective_sample_size(llc).sum())
+    out = []
+    if ess < t.target_ess:
+        out.append(f"ESS {ess:.0f} < {t.target_ess:g}")
+    goal = max(t.target_rel_std_err * abs(mean), t.target_abs_std_err)
+    if se > goal:
+        out.append(f"standard error {se:.3g} > {goal:.3g} ({t.target_rel_std_err:.0%} of |λ̂| or {t.target_abs_std_err:g})")
+    return out + stationary(llc, dist2, t.max_abs_z, t.max_rhat)
+
+
+def _next_chunk(llc: torch.Tensor, t: ConvergenceTargets) -> int:
+    n = llc.shape[1]
+    mean, se, _, _ = mean_std_err(llc)
+    ess = max(float(effective_sample_size(llc).sum()), 1.0)
+    goal = max(t.target_rel_std_err * abs(mean), t.target_abs_std_err)
+    factor = max(t.target_ess / ess, (se / goal) ** 2 if goal > 0 else 4.0, 1.25)
+    return max(100, int(math.ceil(n * min(1.1 * factor, 4.0))) - n)
+
+
+def drive(
+    make_loop: Callable[[float], _ChainLoop],
+    *,
+    step_size: float,
+    nbeta: float,
+    num_burnin: int | None,
+    num_draws: int | None,
+    targets: ConvergenceTargets,
+    backoff: bool,
+    checkpoint_path=None,
+    checkpoint_every: int | None = None,
+    fingerprint: dict | None = None,
+    resume: bool = False,
+    on_divergence: Callable | None = None,
+) -> tuple[_Run, DriverRecord]:
+    """Run the chains to convergence (or fixed lengths) and return the raw run and the driver record.
+
+    ``on_divergence(run, step, chains, reason, step_size)`` is called (and must raise) on a divergence
+    that is not backed off.
+    """
+    ckpt = checkpoint_path
+    rec = DriverRecord(burnin_end=-1, step_size=float(step_size), backoffs=[], converged=False, unmet=[], steps_total=0)
+    phase, chunk_end = "burnin", None
+    loop = make_loop(rec.step_size)
+    if ckpt is not None and resume:
+        state = _checkpoint.load(ckpt, fingerprint, _STATE_KEYS + ("driver",))
+        if state is not None:
+            drv = state["driver"]
+            rec = DriverRecord(**{k: drv[k] for k in asdict(rec)})
+            phase, chunk_end = drv["phase"], drv["chunk_end"]
+            loop = make_loop(rec.step_size)
+            loop.load_state_dict(state)
+            if num_draws is not None and rec.burnin_end >= 0 and loop.t > rec.burnin_end + num_draws:
+                raise ValueError(f"checkpoint {ckpt} already holds {loop.t - rec.burnin_end} draws, more than "
+                                 f"num_draws = {num_draws}; raise num_draws")
+    t0 = time.monotonic()
+    last_save = [time.monotonic()]
+    healthy = loop.state_dict()
+    spent = rec.steps_total - loop.t  # steps of earlier (backed-off) segments
+
+    def save() -> None:
+        if ckpt is None:
+            return
+        drv = dict(asdict(rec), phase=phase, chunk_end=chunk_end)
+        drv["steps_total"] = spent + loop.t
+        _checkpoint.save(ckpt, fingerprint, dict(loop.state_dict(), driver=drv))
+        last_save[0] = time.monotonic()
+
+    def llc_dist(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return nbeta * (loop.losses[:, start:] - loop.baseline), loop.dist2[:, start:]
+
+    while True:
+        if chunk_end is None:  # decide the next chunk from what has run
+            if phase == "burnin":
+                if num_burnin is not None:
+                    if loop.t >= num_burnin:
+                        rec.burnin_end, phase = num_burnin, "draws"
+                        continue
+                    chunk_end = num_burnin
+                elif loop.t >= targets.min_burnin and not stationary(*llc_dist(loop.t // 2), targets.burnin_max_abs_z,
+                                                                      targets.max_rhat):
+                    rec.burnin_end, phase = loop.t // 2, "draws"
+                    continue
+                else:
+                    chunk_end = max(targets.min_burnin, 2 * loop.t)
+            else:
+                n = loop.t - rec.burnin_end
+                if num_draws is not None:
+                    if n >= num_draws:
+                        break
+                    chunk_end = rec.burnin_end + num_draws
+                else:
+                    llc, dist = llc_dist(rec.burnin_end)
+                    rec.unmet = unmet_targets(llc, dist, targets)
+                    if not rec.unmet:
+                        rec.converged = True
+                        break
+                    if n >= 400 and stationary(llc, dist, targets.max_abs_z, targets.max_rhat):
+                        rec.burnin_end += n // 2  # the early draws were not equilibrated: more burn-in
+                        llc = llc[:, n // 2:]
+                    chunk_end = loop.t + (_next_chunk(llc, targets) if llc.shape[1] >= 8 else 100)
+        budget = targets.max_steps - spent
+        if loop.t >= budget or (targets.max_seconds is not None and time.monotonic() - t0 > targets.max_seconds):
+            break
+        chunk_end = min(chunk_end, budget)
+        every = checkpoint_every or 50
+        steps = min(every - loop.t % every, chunk_end - loop.t)
+        div = loop.advance(steps)
+        if div is not None:
+            t, chains, reason = div
+            if backoff and len(rec.backoffs) < MAX_BACKOFFS:
+                new = rec.step_size / BACKOFF
+                rec.backoffs.append((spent + t, rec.step_size, new, reason))
+                spent += loop.t
+                rec.step_size = new
+                loop = make_loop(new)  # restart from the last healthy state, traces of the old step dropped
+                restart = dict(healthy, steps_done=0, losses=healthy["losses"][:, :0], dist2=healthy["dist2"][:, :0],
+                               acceptance=healthy["acceptance"][:, :0], acceptance_steps=healthy["acceptance_steps"][:0])
+                loop.load_state_dict(restart)
+                rec.burnin_end, phase, chunk_end = -1, "burnin", None
+                healthy = loop.state_dict()
+                save()
+                continue
+            save()
+            rec.steps_total = spent + loop.t
+            if on_divergence is not None:
+                on_divergence(loop.run_record(chains), t, chains, reason, rec.step_size, rec)
+            raise AssertionError("on_divergence must raise")  # pragma: no cover
+        if loop.t >= chunk_end:
+            chunk_end = None
+            healthy = loop.state_dict()
+        if ckpt is not None and (checkpoint_every or time.monotonic() - last_save[0] > 60.0):
+            save()
+    ran_out = phase == "burnin"
+    if ran_out:  # the budget ran out during burn-in: keep the second half as draws
+        rec.burnin_end = loop.t // 2
+    budget = (f"the budget (max_steps = {targets.max_steps}"
+              + (f", max_seconds = {targets.max_seconds:g}" if targets.max_seconds is not None else "") + ") ran out")
+    rec.unmet = ([budget + " during burn-in"] if ran_out else []) + unmet_targets(*llc_dist(rec.burnin_end), targets)
+    if num_draws is None and rec.unmet and not ran_out:
+        rec.unmet.insert(0, budget)
+    rec.converged = not rec.unmet
+    rec.steps_total = spent + loop.t
+    save()
+    return loop.run_record(), rec

@@ -1,0 +1,193 @@
+"""Sampling problems over the batches users have: DataLoaders, iterables of tuple or dict batches.
+
+When the data is not a set of tensors with random access — a ``DataLoader`` whose items are dicts
+(e.g. ``input_ids`` / ``attention_mask`` / ``labels`` for a Hugging Face causal LM), an iterable
+data set, or any re-iterable of batches (a list of ``(x, y)`` tuples or of dicts) — the batches are
+read once into a list on the host (they stay where they are) and each chain walks its own
+permutation of the batch list, reshuffled every epoch from its own seed. Only the batch of the
+current step is moved to the sampling device. The baseline L_n(w*) is computed once over every
+batch, weighted by the batch sizes: L_n = Σ_b (n_b/n)·L_b.
+
+The loss of a batch is ``loss_fn(model(x), y)`` for tuple batches and ``loss_fn(model(**batch),
+batch)`` for dict batches; with ``loss_fn=None`` a dict batch uses the model output's ``.loss``
+(Hugging Face models compute it when the batch holds ``labels``). The model runs in eval mode while
+sampling (dropout off, so the loss is a function of the weights), and its mode is restored after.
+Each chain's gradient is one reverse pass (chains are not vectorised here: batches may differ in
+shape between chains).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from . import _checkpoint
+from ._chains import ParamSelection, _Problem, _selection_mask
+
+Batch = Any  # a tuple/list of tensors or a dict of tensors (and other values)
+
+
+def _is_tensor_batch(item) -> bool:
+    if isinstance(item, Mapping):
+        return any(isinstance(v, Tensor) for v in item.values())
+    return isinstance(item, (tuple, list)) and bool(item) and all(isinstance(t, Tensor) for t in item)
+
+
+def is_batch_stream(data) -> bool:
+    """Whether ``data`` is given as batches (see module docstring) rather than as sample tensors."""
+    if isinstance(data, DataLoader):
+        ds = data.dataset
+        if isinstance(ds, IterableDataset):
+            return True
+        try:
+            return isinstance(ds[0], Mapping)
+        except Exception:  # noqa: BLE001 - a data set without random access is streamed
+            return True
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        try:
+            return isinstance(data[0], Mapping)
+        except Exception:  # noqa: BLE001
+            return False
+    if isinstance(data, IterableDataset):
+        return True
+    if isinstance(data, (tuple, list)):
+        return bool(data) and all(_is_tensor_batch(b) and not isinstance(b, Tensor) for b in data)
+    return hasattr(data, "__iter__") and not isinstance(data, (Tensor, str, bytes, Mapping))
+
+
+def _batch_size_of(batch: Batch) -> int:
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    for v in values:
+        if isinstance(v, Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    raise ValueError("a batch holds no tensor with a batch dimension")
+
+
+def read_batches(data, batch_size: int | None = None) -> list[Batch]:
+    """The batches of ``data`` as a list (read once; tensors stay on their device)."""
+    if isinstance(data, Dataset) and not isinstance(data, (IterableDataset,)) and not isinstance(data, DataLoader):
+        data = DataLoader(data, batch_size=batch_size or 32, shuffle=False)
+    if iter(data) is data:
+        raise TypeError("data is a one-shot iterator (e.g. a generator): pass a re-iterable (a DataLoader, a list of "
+                        "batches) — the chains and the baseline each need a pass over the data")
+    batches = list(data)
+    if not batches:
+        raise ValueError("data holds no batches")
+    for b in batches:
+        if not _is_tensor_batch(b):
+            raise TypeError(f"each batch must be a tuple of tensors (inputs, targets) or a dict of tensors, got "
+                            f"{type(b).__name__}")
+    return batches
+
+
+def _to(batch: Batch, device, dtype) -> Batch:
+    def move(v):
+        if not isinstance(v, Tensor):
+            return v
+        return v.to(device=device, dtype=dtype, non_blocking=True) if v.is_floating_point() else v.to(device, non_blocking=True)
+
+    if isinstance(batch, Mapping):
+        return {k: move(v) for k, v in batch.items()}
+    return tuple(move(v) for v in batch)
+
+
+def streaming_problem(model: nn.Module, loss_fn: Callable | None, data, *, params: ParamSelection = None,
+                      device=None, batch_size: int | None = None, description: str = "") -> tuple[_Problem, int]:
+    """The sampling problem over a stream of batches, and the typical batch size."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    batches = read_batches(data, batch_size)
+    if loss_fn is None and not all(isinstance(b, Mapping) for b in batches):
+        raise ValueError("loss_fn=None takes the loss from the model output (`.loss`), which needs dict batches; pass "
+                         "loss_fn(prediction, target) for (inputs, targets) batches")
+    named = dict(model.named_parameters())
+    if not named:
+        raise ValueError("the model has no parameters to sample")
+    first = next(iter(named.values()))
+    dev = torch.device(device) if device is not None else first.device
+    dtype = first.dtype
+    names = tuple(named)
+    shapes = tuple(named[n].shape for n in names)
+    sizes = [int(math.prod(s)) for s in shapes]
+    for n_, p in named.items():
+        if not torch.isfinite(p).all():
+            raise ValueError(f"parameter {n_!r} contains NaN or inf: w* must be finite")
+    w0 = torch.cat([named[n_].detach().reshape(-1) for n_ in names]).to(dev)
+    buffers = {n_: b.to(dev) for n_, b in model.named_buffers()}
+    mask = _selection_mask(model, params, names, shapes)
+    if mask is not None:
+        mask = mask.to(device=dev, dtype=dtype)
+    counts = [_batch_size_of(b) for b in batches]
+    n = sum(counts)
+    if n < 2:
+        raise ValueError(f"need at least 2 samples (nβ = n/log n), got {n}")
+
+    def unflatten(w: Tensor) -> dict[str, Tensor]:
+        return {k: v.reshape(s) for k, v, s in zip(names, torch.split(w, sizes), shapes)}
+
+    def loss_on(w: Tensor, batch: Batch) -> Tensor:
+        b = _to(batch, dev, dtype)
+        was = model.training
+        model.eval()
+        try:
+            if isinstance(b, Mapping):
+                out = functional_call(model, (unflatten(w), buffers), args=(), kwargs=dict(b))
+                if loss_fn is not None:
+                    return loss_fn(out, b)
+                loss = getattr(out, "loss", None)
+                if loss is None and isinstance(out, Mapping):
+                    loss = out.get("loss")
+                if loss is None:
+                    raise ValueError("loss_fn=None but the model output has no `.loss`: put `labels` in the batches "
+                                     "(Hugging Face models then return the loss) or pass loss_fn(output, batch)")
+                return loss
+            x, *rest = b
+            return loss_fn(functional_call(model, (unflatten(w), buffers), (x,)), *rest)
+        finally:
+            model.train(was)
+
+    def full_loss(w: Tensor) -> Tensor:
+        return sum((c / n) * loss_on(w, b) for c, b in zip(counts, batches))
+
+    def chain_value_and_grad(W: Tensor, per_chain: list[Batch]) -> tuple[Tensor, Tensor]:
+        losses, grads = [], []
+        for w, b in zip(W, per_chain):
+            w = w.detach().requires_grad_(True)
+            with torch.enable_grad():
+                L = loss_on(w, b)
+                (g,) = torch.autograd.grad(L, w)
+            losses.append(L.detach())
+            grads.append(g)
+        return torch.stack(losses), torch.stack(grads)
+
+    def identity() -> dict:
+        h = hashlib.sha256()
+        for b in batches:
+            vals = [b[k] for k in sorted(b)] if isinstance(b, Mapping) else list(b)
+            h.update(_checkpoint.tensor_digest(*[v for v in vals if isinstance(v, Tensor)]).encode())
+        return dict(data=h.hexdigest()[:16], w_star=_checkpoint.tensor_digest(w0),
+                    params=[list(names), _checkpoint.tensor_digest(mask)],
+                    loss=_checkpoint.callable_identity(loss_fn) if loss_fn is not None else "model output .loss",
+                    model=f"{type(model).__module__}.{type(model).__qualname__}:"
+                    + hashlib.sha256(repr(model).encode()).hexdigest()[:16], num_samples=n, dim=int(w0.numel()))
+
+    def check() -> None:
+        w = w0.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            value = loss_on(w, batches[0])
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            raise ValueError(f"the loss of a batch must be a scalar tensor (the MEAN over the batch), got "
+                             f"{type(value).__name__} {tuple(getattr(value, 'shape', ()))}; reduce it with .mean()")
+        if not value.requires_grad:
+            raise ValueError("the loss does not depend on the parameters through autograd (detached); compute it "
+                             "with differentiable torch operations on the model's output")
+
+    problem = _Problem(loss_on, full_loss, w0, mask, n, True, (), names, description, identity=identity, check=check,
+                       batches=tuple(batches), chain_value_and_grad=chain_value_and_grad)
+    return problem, int(np.median(counts))

@@ -1,0 +1,97 @@
+"""Convergence by default: adaptive burn-in and draws to stated targets, converged=False with printed
+warnings on the budget, step-size back-off for calibrated steps, and the calibration's bias bound."""
+import math
+
+import pytest
+import torch
+
+import slt_interp.estimators.llc_estimate as llc_estimate
+from slt_interp.estimators import (
+    ConvergenceTargets,
+    LLCConvergenceWarning,
+    SGLDDivergenceError,
+    StepSizeCalibration,
+    calibrate_step_size,
+    estimate_llc,
+    estimate_potential_llc,
+)
+from slt_interp.estimators._adaptive import stationary
+from slt_interp.theory import finite_n_target, zoo
+from tests.estimators._sgld_problems import linear_problem, mse
+
+QUICK = ConvergenceTargets(target_rel_std_err=0.05)  # targets only: step, draws and burn-in stay automatic
+
+
+@pytest.mark.parametrize("name", ["½(w1² + w2⁴)", "½(w1w2)²"])
+def test_defaults_within_3se_plus_5pct_of_finite_n_target(name):
+    pot = zoo.POTENTIALS[name]()
+    target = finite_n_target(pot, 100, localization=1.0).value
+    est = estimate_potential_llc(pot, 100, seed=0, targets=QUICK)  # no step size, draws or burn-in given
+    assert est.converged and est.calibration is not None
+    assert est.settings.adaptive_burnin and est.settings.adaptive_draws and est.settings.targets == QUICK
+    assert est.diagnostics.ess >= QUICK.target_ess and est.std_err <= 0.05 * abs(est.mean)
+    assert abs(est.mean - target) <= 3 * est.std_err + 0.05 * target, (est, target)
+
+
+def test_budget_exhausted_is_not_converged_and_says_so():
+    pot = zoo.POTENTIALS["½(w1² + w2⁴)"]()
+    with pytest.warns(LLCConvergenceWarning, match="NOT converged.*max_steps = 300"):
+        est = estimate_potential_llc(pot, 100, seed=0, max_steps=300)
+    assert not est.converged and est.settings.targets.max_steps == 300 and est.settings.steps_total <= 300
+    assert "NOT CONVERGED" in repr(est) and "warning: not converged" in str(est)
+    with pytest.raises(ValueError, match="max_steps must be an integer"):
+        estimate_potential_llc(pot, 100, max_steps=0)
+
+
+def test_calibrated_step_that_diverges_backs_off(monkeypatch):
+    model, x, y = linear_problem("cpu")
+    too_large = StepSizeCalibration(0.05, "test: a step 4× beyond the stability limit", (0.05,), (1.0,), (False,), 0.0,
+                                    (), 8)
+    monkeypatch.setattr(llc_estimate, "_calibrate", lambda *a, **k: too_large)
+    with pytest.warns(LLCConvergenceWarning, match="diverged at step .* restarted from the last healthy state"):
+        est = estimate_llc(model, mse, (x, y), num_chains=2, num_draws=200, num_burnin=50, seed=0, batch_size=200)
+    assert est.step_size_backoffs and est.step_size_backoffs[0][1] == 0.05
+    assert est.settings.step_size == pytest.approx(0.05 / math.sqrt(10) ** len(est.step_size_backoffs))
+    assert est.settings.initial_step_size == 0.05
+    assert torch.isfinite(est.loss_traces).all() and est.loss_traces.shape == (2, 200)
+    monkeypatch.undo()
+    with pytest.raises(SGLDDivergenceError, match="lower step_size"):  # an explicit step size still raises
+        estimate_llc(model, mse, (x, y), num_chains=2, num_draws=200, num_burnin=50, seed=0, batch_size=200,
+                     step_size=0.05)
+
+
+def test_calibration_caps_the_step_by_the_curvature_bias_bound():
+    # one parameter: the acceptance rule alone admits ε·h_U ≈ 0.7 (ULA's E[nβK] 20% high at acceptance 0.95)
+    model, x, y = linear_problem("cpu", d=1, n=200)
+    n = len(x)
+    nbeta = n / math.log(n)
+    h = float(2 * (x ** 2).mean())  # the Hessian of the mean squared error
+    cal = calibrate_step_size(model, mse, (x, y))
+    assert cal.max_curvature == pytest.approx(h, rel=1e-6) and cal.max_trace == pytest.approx(h, rel=1e-6)
+    hu = nbeta * h + 1.0
+    assert 0 < cal.pilot_llc <= 0.5
+    reference = max(cal.pilot_llc, 0.5 * nbeta * h / hu)  # the pilots' λ̂, or the quadratic lower bound on λ
+    bound = min(0.2 * reference / (nbeta * h), 0.5 / hu)  # ULA's bias of λ̂ ≈ ε·nβ·tr H/8 ≤ 2.5% of it
+    assert cal.step_size == pytest.approx(min(cal.acceptance_step_size, bound))
+    assert 1 / (1 - cal.step_size * hu / 4) - 1 <= 0.0257  # ULA's relative bias at the chosen step
+    assert 1 / (1 - cal.acceptance_step_size * hu / 4) - 1 > 0.05  # what the acceptance rule alone gave
+
+
+def test_distance_drift_is_flagged_even_when_the_llc_trace_is_stationary():
+    g = torch.Generator().manual_seed(0)
+    llc = torch.randn(4, 400, generator=g, dtype=torch.float64)
+    dist = torch.randn(4, 400, generator=g, dtype=torch.float64) + torch.linspace(0, 3, 400, dtype=torch.float64)
+    assert stationary(llc, llc.clone(), 3.0, 1.05) == []
+    msgs = stationary(llc, dist, 3.0, 1.05)
+    assert len(msgs) == 1 and "‖w − w*‖² still drifts" in msgs[0]
+
+
+def test_adaptive_run_checkpoints_and_resumes(tmp_path):
+    pot = zoo.POTENTIALS["½(w1² + w2⁴)"]()
+    path = tmp_path / "adaptive.pt"
+    kw = dict(seed=1, step_size=5e-3, max_steps=500, checkpoint_every=100)
+    with pytest.warns(LLCConvergenceWarning):
+        first = estimate_potential_llc(pot, 100, checkpoint_path=path, **kw)
+        again = estimate_potential_llc(pot, 100, checkpoint_path=path, resume=True, **kw)
+    assert torch.equal(first.loss_traces, again.loss_traces) and first.mean == again.mean
+    assert torch.load(path, weights_only=True)["driver"]["burnin_end"] == first.settings.num_burnin
