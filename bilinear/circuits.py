@@ -77,7 +77,9 @@ class CompositionScores:
     """Q-, K- and V-composition scores, indexed [l₂, h₂, l₁, h₁]; NaN where l₁ ≥ l₂ (no composition).
 
     Attributes:
-        q, k, v: (L, H, L, H) tensors of scores in [0, 1].
+        q: Q-composition, (L, H, L, H), in [0, 1].
+        k: K-composition, (L, H, L, H), in [0, 1].
+        v: V-composition, (L, H, L, H), in [0, 1].
     """
 
     q: Tensor

@@ -62,7 +62,8 @@ class Term:
         kind: "embed", "head" or "mlp".
         component: the component that writes the term ("emb", "L1.H0", "L0.mlp").
         sources: the components filling its slots: (q, k, v) for a head, an unordered pair for an MLP.
-        layer, head: where the component sits (None where not applicable).
+        layer: the block the component sits in (None for the embedding).
+        head: the head index (None unless a head term).
         degrees: the degrees in the embeddings of the monomials it contains (sorted).
     """
 
@@ -336,6 +337,9 @@ class ComponentExpansion:
         """The terms number ``local`` (sorted, within component c's range) only: cost ∝ len(local).
 
         Projections are computed for the sources those terms use, scores for their (q, k) pairs only.
+
+        Returns:
+            Shape (len(local), B, T, out).
         """
         model = self.model
         if c.kind == "embed":

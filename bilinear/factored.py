@@ -52,8 +52,9 @@ class InteractionEig:
     vectors: Tensor
 
     def truncate(self, rank: int) -> "InteractionEig":
-        """Keep the top ``rank`` eigenpairs (by |μ|) of every output (eigenvector truncation, Pearce et al.
-        2024, arXiv 2410.08417, §4: a few eigenvectors carry most of each output's interaction).
+        """Keep the top ``rank`` eigenpairs (by |μ|) of every output (eigenvector truncation).
+
+        Pearce et al. 2024, arXiv 2410.08417, §4: a few eigenvectors carry most of each output's interaction.
 
         Args:
             rank: number of eigenpairs kept, ≥ 0.
@@ -230,12 +231,24 @@ class FactoredMatrix:
         return self.svd()[2].mT
 
     def collapse_l(self) -> Tensor:
-        """diag(S)·Vh, shape (..., k, n): M = U @ collapse_l() with U orthonormal (the left factor removed)."""
+        """The factorisation with its orthonormal left factor removed: diag(S)·Vh, shape (..., k, n).
+
+        M = U @ collapse_l() (TransformerLens ``collapse_l``).
+
+        Returns:
+            Shape (..., k, n).
+        """
         _, s, v = self.svd()
         return s[..., :, None] * v.mT
 
     def collapse_r(self) -> Tensor:
-        """U·diag(S), shape (..., m, k): M = collapse_r() @ Vh with Vh orthonormal rows."""
+        """The factorisation with its orthonormal right factor removed: U·diag(S), shape (..., m, k).
+
+        M = collapse_r() @ Vh (TransformerLens ``collapse_r``).
+
+        Returns:
+            Shape (..., m, k).
+        """
         u, s, _ = self.svd()
         return u * s[..., None, :]
 

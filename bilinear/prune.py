@@ -33,7 +33,7 @@ from .components import readout_matrix, term_index
 from .expand import ComponentExpansion
 from .expandable import check_expandable
 from .layers import position_normaliser
-from .vertex_bounds import vertex_bounds
+from .vertex_bounds import vertex_bounds, vertex_bounds_fit
 
 __all__ = ["TermBounds", "PruneResult", "term_bounds", "prune", "worst_case_error", "exhaustive_worst_case"]
 
@@ -64,7 +64,7 @@ def _spec(M: Tensor) -> float:
     return float(torch.linalg.matrix_norm(M, ord=2)) if M.numel() else 0.0
 
 
-def term_bounds(expansion: ComponentExpansion, *, readout="logits", vertex: bool = True) -> TermBounds:
+def term_bounds(expansion: ComponentExpansion, *, readout="logits", vertex: bool | None = None) -> TermBounds:
     """Certified per-term worst-case norms of a :class:`~slt_interp.bilinear.expand.ComponentExpansion`.
 
     See the module docstring for the bounds used. Computed in float64 whatever the model dtype.
@@ -73,8 +73,10 @@ def term_bounds(expansion: ComponentExpansion, *, readout="logits", vertex: bool
         expansion: from ``expand(model)``.
         readout: "logits", "residual" or a (k, d_model) matrix: the bounds are on ‖readout·term‖₂.
         vertex: also compute the per-position vertex bounds of :mod:`~slt_interp.bilinear.vertex_bounds`
-            (layer-0 outputs as sums of per-token vectors) and keep the smaller bound per term; False
-            gives the norm-product / table bounds alone.
+            (layer-0 outputs as sums of per-token vectors) and keep the smaller bound per term. None
+            (default): when their tables fit (:func:`~slt_interp.bilinear.vertex_bounds.vertex_bounds_fit`:
+            (n_ctx·V)³ and (n_ctx·V)²·width at most 3·10⁷ entries); False: the norm-product / table
+            bounds alone; True: always (ValueError if they do not fit).
 
     Returns:
         A :class:`TermBounds`.
@@ -82,9 +84,16 @@ def term_bounds(expansion: ComponentExpansion, *, readout="logits", vertex: bool
     Raises:
         TypeError: ``expansion`` is not a ComponentExpansion.
         NotExpandableError: the model was changed after the expansion was built (e.g. a hook added).
+        ValueError: ``vertex=True`` for a model whose vertex tables do not fit.
     """
     if not isinstance(expansion, ComponentExpansion):
         raise TypeError(f"term_bounds needs a ComponentExpansion (expand(model)), got {type(expansion).__name__}")
+    fits = vertex_bounds_fit(expansion.config)
+    if vertex and not fits:
+        c = expansion.config
+        raise ValueError(f"vertex bounds need tables of (n_ctx·vocab)³ = {(c.n_ctx * c.vocab_size) ** 3:.3g} entries, "
+                         "above the 3e7 limit; use vertex=None (skipped when too large) or vertex=False")
+    vertex = fits if vertex is None else vertex
     model, cfg = expansion.model, expansion.config
     check_expandable(model)  # the model may have changed since the expansion was built
     with torch.no_grad():
@@ -231,7 +240,8 @@ class PruneResult:
     """A pruned expansion with its certified and measured error.
 
     Attributes:
-        kept, dropped: term indices (kept sorted by decreasing bound).
+        kept: indices of the kept terms, sorted by decreasing bound (or measured size).
+        dropped: indices of the dropped terms, sorted.
         certified_error: Σ_{dropped} b_i ≥ sup over all sequences and positions of ‖Σ_dropped term‖₂.
         measured_error: max over the given tokens and positions of ‖Σ_dropped term‖₂ (None: no tokens).
         num_sequences: number of sequences the measured error was taken over.
@@ -336,7 +346,8 @@ def exhaustive_worst_case(expansion: ComponentExpansion, dropped_sets, *, max_se
 
 
 def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: int | None = None,
-          tokens: Tensor | None = None, rank_by: str = "bound", exhaustive: bool = False) -> PruneResult:
+          tokens: Tensor | None = None, rank_by: str = "bound", exhaustive: bool = False,
+          bounds: TermBounds | None = None) -> PruneResult:
     """Keep the largest terms; drop the rest; certify and measure the error of what was dropped.
 
     With ``eps``: drop the terms with the smallest bounds b_i as long as Σ_{dropped} b_i ≤ eps (the most
@@ -353,6 +364,8 @@ def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: 
         rank_by: "bound" or "measured" (with ``num_keep`` and ``tokens`` only).
         exhaustive: also compute the exact worst case over all V^n_ctx sequences
             (:func:`exhaustive_worst_case`; small vocabularies and contexts only).
+        bounds: the expansion's :func:`term_bounds` (logit readout) when already computed, to prune at
+            several budgets without recomputing them; None computes them.
 
     Returns:
         A :class:`PruneResult`.
@@ -376,7 +389,10 @@ def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: 
         raise ValueError(f"rank_by must be 'bound' or 'measured', got {rank_by!r}")
     if rank_by == "measured" and (tokens is None or num_keep is None):
         raise ValueError("rank_by='measured' needs tokens and num_keep (an eps budget always ranks by bound)")
-    bounds = term_bounds(expansion)
+    if bounds is None:
+        bounds = term_bounds(expansion)
+    elif not isinstance(bounds, TermBounds) or bounds.values.shape != (len(expansion),) or bounds.readout != "logits":
+        raise ValueError("bounds must be term_bounds(expansion) of this expansion with the logit readout")
     values = None
     if rank_by == "measured":
         values = expansion.evaluate(tokens)  # (num_terms, B, T, vocab)

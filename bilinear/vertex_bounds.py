@@ -33,9 +33,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._threads import small_work_threads
 from .layers import position_normaliser
 
-__all__ = ["vertex_bounds"]
+__all__ = ["vertex_bounds", "vertex_bounds_fit"]
+
+_LIMIT = 30_000_000  # entries of the largest intermediate table
+_PAIR_LIMIT = 600_000_000  # (n_ctx·V)³·d_mlp·(map rows) allowed for one layer-0 MLP pair expansion
+
+
+def vertex_bounds_fit(config) -> bool:
+    """Whether the vertex tables of a model with this config fit (≤ 3·10⁷ entries each).
+
+    The largest tables have (n_ctx·V)³ entries (score supports over pairs of layer-0 vertex sets) and
+    (n_ctx·V)²·width (the layer-0 residual's atoms).
+
+    Args:
+        config: a :class:`~slt_interp.bilinear.config.BilinearConfig`.
+
+    Returns:
+        True when :func:`vertex_bounds` is affordable.
+    """
+    tv = config.n_ctx * config.vocab_size
+    return tv ** 3 <= _LIMIT and tv ** 2 * max(config.d_model, config.d_mlp, config.vocab_size) <= _LIMIT
 
 class _Layer0:
     """Per-token vertex data of the layer-0 components (emb, heads) and per-position sup norms."""
@@ -82,31 +102,82 @@ class _Layer0:
 
     def resid_abs_sup(self, w: Tensor) -> Tensor:
         """sup |w_k · r(t)| over the layer-0 attention residual given x_t (exact support function): (T, V, k)."""
+        hi, lo = self.resid_support(w)
+        return torch.maximum(hi, -lo)
+
+    def resid_support(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact sup and inf of w_k · r(t) given x_t (support functions of the residual's vertex set): (T, V, k) each."""
         c, g = self.resid_atoms()
         cw = c @ w.T  # (t, x, k)
         gw = g @ w.T  # (t, x, s, y, k)
-        hi = cw + gw.amax(dim=3).sum(dim=2)  # zero rows for s ≥ t add nothing
-        lo = cw + gw.amin(dim=3).sum(dim=2)
-        return torch.maximum(hi, -lo)
+        return cw + gw.amax(dim=3).sum(dim=2), cw + gw.amin(dim=3).sum(dim=2)  # zero rows for s ≥ t add nothing
 
     def mlp0_sup(self, mlp, L: Tensor) -> Tensor:
         """Bound on sup ‖L_k P((W r) ⊙ (V r))‖ for the layer-0 MLP output: (k, T).
 
         Per hidden unit i, U_i = sup |W_i r| and V_i = sup |V_i r| are exact support functions of the
-        residual's vertex set; then ‖L P (u ⊙ v)‖ ≤ ‖(Σ_i |(L P)_ri| U_i V_i)_r‖₂, and also
+        residual's vertex set, and u_i v_i lies in the interval of the corner products; row by row,
+        |(L P)_r (u ⊙ v)| ≤ max(Σ_i max, −Σ_i min) of (L P)_ri × that interval, then ‖·‖₂; and also
         ≤ ‖L P‖₂ · min(‖U‖₂ max V, max U ‖V‖₂).
+
+        Args:
+            mlp: the layer-0 :class:`~slt_interp.bilinear.layers.BilinearMLP`.
+            L: maps (k, m, d).
+
+        Returns:
+            Shape (k, T).
         """
         W, V, P = (mlp.W.detach().to(self.e.dtype), mlp.V.detach().to(self.e.dtype), mlp.P.detach().to(self.e.dtype))
         if not hasattr(self, "_mlp0_coords"):
-            self._mlp0_coords = (self.resid_abs_sup(W), self.resid_abs_sup(V))  # (t, x, d_mlp) each
-        U, Vs = self._mlp0_coords
+            (uh, ul), (vh, vl) = self.resid_support(W), self.resid_support(V)  # (t, x, d_mlp) each
+            corners = torch.stack([uh * vh, uh * vl, ul * vh, ul * vl])
+            # u_i v_i lies in the interval spanned by the corner products (interval arithmetic)
+            self._mlp0_coords = (torch.maximum(uh, -ul), torch.maximum(vh, -vl), corners.amax(0), corners.amin(0))
+        U, Vs, prod_hi, prod_lo = self._mlp0_coords
         LP = L @ P  # (k, m, d_mlp)
-        # per output row r: |(L P)_r (u ⊙ v)| ≤ Σ_i |(L P)_ri| U_i V_i; then ‖·‖₂ over the rows (≤ the
-        # column-norm form Σ_i ‖(L P)_{:,i}‖ U_i V_i by Minkowski's inequality)
-        coord = torch.einsum("kri,txi->ktxr", LP.abs(), U * Vs).norm(dim=-1)
+        # per output row r: (L P)_r (u ⊙ v) = Σ_i (L P)_ri π_i with π_i ∈ [prod_lo_i, prod_hi_i]: its sup and inf
+        # are sums of per-unit maxima / minima; then ‖·‖₂ over the rows (≤ the column-norm form
+        # Σ_i ‖(L P)_{:,i}‖ U_i V_i by Minkowski's inequality)
+        a, b = torch.einsum("kri,txi->ktxri", LP, prod_hi), torch.einsum("kri,txi->ktxri", LP, prod_lo)
+        up, down = torch.maximum(a, b).sum(-1), torch.minimum(a, b).sum(-1)  # (k, t, x, r)
+        coord = torch.maximum(up, -down).norm(dim=-1)
         spec = _spec(LP)  # (k,)
         cs = torch.minimum(U.norm(dim=-1) * Vs.amax(dim=-1), U.amax(dim=-1) * Vs.norm(dim=-1))  # (t, x)
         return torch.minimum(coord, spec[:, None, None] * cs[None]).amax(dim=2)
+
+    def mlp0_pair_sup(self, mlp, L: Tensor) -> Tensor:
+        """Bound on sup ‖L_k P((W r) ⊙ (V r))‖ by expanding the quadratic over the residual's atom slots: (k, T).
+
+        With r = c + Σ_{s<t} g_s(y_s) (given x_t) and B(a, b) = P((W a) ⊙ (V b)):
+        f(r) = B(c, c) + Σ_s [B(c, g_s) + B(g_s, c) + B(g_s, g_s)] + Σ_{s<s'} [B(g_s, g_s') + B(g_s', g_s)],
+        and the triangle inequality over these slots, each maximised exactly over its V (or V²) atoms.
+
+        Args:
+            mlp: the layer-0 :class:`~slt_interp.bilinear.layers.BilinearMLP`.
+            L: maps (k, m, d).
+
+        Returns:
+            Shape (k, T).
+        """
+        W, V, P = (mlp.W.detach().to(self.e.dtype), mlp.V.detach().to(self.e.dtype), mlp.P.detach().to(self.e.dtype))
+        c, g = self.resid_atoms()
+        LP = L @ P  # (k, m, h)
+        cw, cv, gw, gv = c @ W.T, c @ V.T, g @ W.T, g @ V.T  # (t, x, h), (t, x, s, y, h)
+        out = torch.einsum("kmh,txh->ktxm", LP, cw * cv).norm(dim=-1)  # (k, t, x)
+        single = cw[:, :, None, None] * gv + gw * cv[:, :, None, None] + gw * gv  # (t, x, s, y, h); 0 for s ≥ t
+        out = out + torch.einsum("kmh,txsyh->ktxsym", LP, single).norm(dim=-1).amax(dim=4).sum(dim=3)
+        if not hasattr(self, "_pairs"):  # hidden-space products of every pair of atom slots, once per model
+            self._pairs = {}
+            for t in range(2, self.T):
+                a, b = gw[t, :, :t], gv[t, :, :t]  # (x, s, y, h)
+                self._pairs[t] = a[:, :, :, None, None] * b[:, None, None] + b[:, :, :, None, None] * a[:, None, None]
+        k, m = LP.shape[:2]
+        flat = LP.reshape(k * m, -1).T  # (h, k·m)
+        for t, pair in self._pairs.items():  # pair: (x, s, y, s', y', h)
+            vals = (pair @ flat).unflatten(-1, (k, m)).norm(dim=-1).amax(dim=(2, 4))  # (x, s, s', k)
+            upper = torch.ones(t, t, dtype=vals.dtype, device=vals.device).triu(1)[None, :, :, None]
+            out[:, t] += (vals * upper).sum(dim=(1, 2)).T  # (k, x)
+        return out.amax(dim=2)
 
     def emb_sup(self, L: Tensor) -> Tensor:
         """max_x ‖L_k e(x, t)‖ for maps L (k, m, d): (k, T), exact."""
@@ -146,6 +217,14 @@ class _Layer0:
         support function of the other factor's set). With ``signed`` = (hi, lo), each (s, y, p, x'), the
         exact sup / inf of the other factor along +direction (x' its branch), it returns the tighter
         max over both branches of max(Σ max_y max(λ·hi, λ·lo), −Σ min_y min(λ·hi, λ·lo)): (τ, p).
+
+        Args:
+            h: the layer-0 head whose atoms are summed.
+            G: (s, y, p) table, or None with ``signed``.
+            signed: (hi, lo), each (s, y, p, x').
+
+        Returns:
+            Shape (τ, p).
         """
         lam = self.lam[h]  # (τ, x, s, y)
         idx = torch.arange(self.T, device=lam.device)
@@ -165,10 +244,14 @@ class _Layer0:
         return torch.maximum(up, -down).amax(dim=(1, 3))
 
     def head_sup_given_x(self, h: int, G: Tensor) -> Tensor:
-        """sup ‖G_{t,x} z_h(t)‖ with a map per (t, x) (the token at t shared with z_h's branch): (T, V).
+        """Bound on sup ‖G_{t,x} z_h(t)‖ with a map per (t, x) (the token at t shared with z_h's branch).
 
         Args:
+            h: the layer-0 head.
             G: (T, V, m, d) maps.
+
+        Returns:
+            Shape (T, V).
         """
         Gv = torch.einsum("txmd,syd->txsym", G, self.val[h]).norm(dim=-1)  # (t, x, s, y)
         lam = self.lam[h].abs()
@@ -196,6 +279,11 @@ def vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
     Returns:
         (num_terms,) float64 bounds, in the expansion's term order.
     """
+    with small_work_threads(expansion.model.W_E.device):
+        return _vertex_bounds(expansion, readout)
+
+
+def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
     model, cfg = expansion.model, expansion.config
     dev = model.W_E.device
     f64 = dict(dtype=torch.float64, device=dev)
@@ -205,6 +293,8 @@ def vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
         eye = torch.eye(cfg.d_model, **f64)
         comps = expansion.components
         per_pos: dict[int, Tensor] = {}  # R_c(t) for components deeper than the layer-0 heads (identity readout)
+        score_sum: dict[int, Tensor] = {}  # per head component: Σ_{(a, b)} sup |q_aᵀ A k_b| per (t, s)
+        causal = base.strict + torch.eye(T, **f64)
 
         def sup(ci: int, L: Tensor) -> Tensor:
             """Bound on sup ‖L_k out_ci(t)‖ per map and position: (k, T)."""
@@ -215,7 +305,17 @@ def vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                 return base.head_sup(c.head, L)
             generic = _spec(L)[:, None] * per_pos[ci][None]
             if c.kind == "mlp" and c.layer == 0:
-                return torch.minimum(generic, base.mlp0_sup(model.blocks[0].mlp, L))
+                best = torch.minimum(generic, base.mlp0_sup(model.blocks[0].mlp, L))
+                tv = T * base.V
+                if tv ** 3 * cfg.d_mlp * L.shape[0] * L.shape[1] <= _PAIR_LIMIT:  # cost of the pair expansion
+                    best = torch.minimum(best, base.mlp0_pair_sup(model.blocks[0].mlp, L))
+                return best
+            if c.kind == "head":  # Σ_terms n(t) Σ_s S_ab(t, s) N_v(s) = n(t) Σ_s (Σ_ab S_ab)(Σ_v N_v) per map
+                attn = model.blocks[c.layer].attn
+                B = L @ (attn.W_O[c.head].detach().to(**f64) @ attn.W_V[c.head].detach().to(**f64))  # (k, m, d)
+                N = sum(sup(v, B) for v in c.sources)  # (k, s)
+                tight = base.n[None] * ((score_sum[ci] * causal)[None] * N[:, None, :]).sum(dim=2)  # (k, t)
+                return torch.minimum(generic, tight)
             return generic
 
         def sup_inf(ci: int, L: Tensor) -> Tensor:
@@ -272,6 +372,9 @@ def vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                         S = torch.minimum(S, base.atom_sum(ha, G))  # (t, s)
                     cache[key] = S
                 S = cache[key]
+            if cache is not None and "S_sum" in cache and (a, b) not in cache["S_pairs"]:
+                cache["S_pairs"].add((a, b))
+                cache["S_sum"] = cache["S_sum"] + S
             pair = S * N[None]  # (t, s)
             if emb_b and comps[v].kind == "embed":  # k and v are the same e(y, s): couple them
                 key = ("ke", a)
@@ -280,7 +383,6 @@ def vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                     cache[key] = sup(a, Lk).reshape(T, base.V, T)
                 Bnorm = (base.e @ B.T).norm(dim=-1)  # (s, y)
                 pair = torch.minimum(pair, (cache[key] * Bnorm[:, :, None]).amax(dim=1).T)
-            causal = base.strict + torch.eye(T, **f64)
             return n * (pair * causal).sum(dim=1)  # (t,)
 
         def mlp_term(c, a: int, b: int, M: Tensor | None, cache: dict) -> Tensor:
@@ -298,7 +400,10 @@ def vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                 cb = comps[b]
                 if cb.kind == "head" and cb.layer == 0:  # shares the token at t with z_b's branch
                     return base.head_sup_given_x(cb.head, G).amax(dim=1)
-                return (_spec(G.reshape(-1, *G.shape[2:])).reshape(T, base.V) * per_pos[b][:, None]).amax(dim=1)
+                Gk = G.reshape(-1, *G.shape[2:])  # (t·x, out, d): one map per (t, x), evaluated at its own t
+                bound = sup(b, Gk).reshape(T, base.V, T)  # (t, x, t')
+                idx = torch.arange(T, device=bound.device)
+                return bound[idx, :, idx].amax(dim=1)
             spec = _spec(MP[None])[0]
             W2, V2 = sup(a, W[None])[0], sup(b, V[None])[0]
             Winf, Vinf = sup_inf(a, W), sup_inf(b, V)
@@ -318,7 +423,7 @@ def vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
         per_pos[0] = base.e.norm(dim=-1).amax(dim=1)
         for ci, c in enumerate(comps[1:], start=1):
             total = torch.zeros(T, **f64)
-            cache_r, cache_o = {}, {}
+            cache_r, cache_o = {"S_sum": torch.zeros(T, T, **f64), "S_pairs": set()}, {}
             for ti in c.terms:
                 idx = [expansion.component_index(s) for s in expansion.terms[ti].sources]
                 fn = head_term if c.kind == "head" else mlp_term
@@ -327,4 +432,6 @@ def vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                 total = total + r
                 values[ti] = o.max()
             per_pos[ci] = total
+            if c.kind == "head":
+                score_sum[ci] = cache_r["S_sum"]  # Σ over (q, k) sources of the score bounds, (t, s)
         return values

@@ -1,7 +1,7 @@
 """Choosing the SGLD step size from short pilot runs, and checking the localization γ.
 
 Rule (stated in every result, :attr:`StepSizeCalibration.rule`): run one short pilot chain per
-candidate step size ε_k = 10^(1 − k/4)/nβ, k = 0..K−1 (K = 17) (all candidates vectorised together, from w*,
+candidate step size ε_k = top·10^(−k/4), k = 0..K−1 (K = 17), top = min(10/nβ, 2/(nβ·h_max(w*) + γ)) (all candidates vectorised together, from w*,
 same seed); discard the first half of each pilot; pick the LARGEST ε whose pilot did not diverge and
 whose mean Metropolis-adjusted (MALA) acceptance probability of the proposed SGLD moves is at least
 ``target_acceptance`` (0.95 by default). The acceptance measures how well one Langevin step resolves
@@ -47,7 +47,7 @@ STIFF_CAP = 0.5  # ε·h_U,max ≤ 0.5 in any case (ULA's bias in the stiffest d
 FALLBACK = 0.1  # ε·h_U,max ≤ 0.1 when the trace bound cannot be formed (≤ 2.6% in every direction)
 
 RULE = (
-    "largest ε on the grid 10^(1 − k/4)/nβ whose pilot (after discarding its first half) has mean MALA "
+    "largest ε on the grid top·10^(−k/4), top = min(10/nβ, 2/(nβ·h_max(w*) + γ)), whose pilot (after discarding its first half) has mean MALA "
     "acceptance ≥ {target} and no divergence, capped by the curvature bias bound ε ≤ 0.2·λ_ref/(nβ·tr H) "
     "(ULA's bias of λ̂ ≈ ε·nβ·tr H/8 ≤ 2.5% of λ_ref = max(pilots' λ̂, ½·nβ·tr H/(nβ·h_max + γ))) and "
     "ε ≤ 0.5/(nβ·h_max + γ), with tr H and h_max the largest Hessian trace and eigenvalue at w* and at the "
@@ -107,7 +107,14 @@ def _calibrate(
         raise ValueError(f"pilot_steps must be ≥ 8, got {pilot_steps}")
     if not 0 < target_acceptance < 1:
         raise ValueError(f"target_acceptance must lie in (0, 1), got {target_acceptance}")
-    cands = torch.tensor([10.0 ** (1 - k / 4) / nbeta for k in range(num_candidates)], dtype=torch.float64)
+    # The grid's top: 10/nβ, or the ULA stability limit 2/(nβ·h_max(w*) + γ) of the stiffest direction at w*
+    # when that is smaller (a stiff model, e.g. a deep linear network with O(1) weights, diverges on the
+    # whole 1/nβ-anchored grid otherwise).
+    h0, _ = _max_curvature(problem, problem.w0[None], batch_size, probes=0)
+    top = 10.0 / nbeta
+    if math.isfinite(h0) and h0 > 0:
+        top = min(top, 2.0 / (nbeta * h0 + localization))
+    cands = torch.tensor([top * 10.0 ** (-k / 4) for k in range(num_candidates)], dtype=torch.float64)
     eps = cands.to(device=problem.w0.device, dtype=problem.w0.dtype)
     # The pilot must not stop at the first divergent candidate: divergent candidates are parked at w*
     # and marked.
@@ -220,6 +227,9 @@ def _max_curvature(problem: _Problem, points: Tensor, batch_size: int, iteration
             HV = hvp(points, V).detach()
             lam = (V * HV).sum(-1).double().abs().cpu()
             V = HV / HV.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        if probes == 0:
+            value = float(lam.max())
+            return (value if math.isfinite(value) else math.nan), math.nan
         R = (torch.randint(0, 2, (P * probes, d), generator=gen) * 2 - 1).to(device=points.device, dtype=points.dtype)
         if mask is not None:
             R = R * mask
@@ -246,7 +256,7 @@ def calibrate_step_size(model, loss_fn, data, **kwargs) -> StepSizeCalibration:
         A :class:`StepSizeCalibration`.
 
     Example:
-        >>> from theory import zoo
+        >>> from slt_interp.theory import zoo
         >>> m = zoo.reduced_rank_model(2, 2, 2, 1)
         >>> cal = calibrate_step_size(m.model, m.loss_fn, m.sample(1000, seed=0), pilot_steps=40)
         >>> 0 < cal.step_size < 1

@@ -44,6 +44,11 @@ class CurvatureOperator:
 
     Subclasses implement ``_matmat(V)`` for ``V`` of shape (d, k) with the operator's dtype and device.
 
+    Args:
+        dim: d, the number of parameters.
+        dtype: the dtype of the parameters.
+        device: the device of the parameters.
+
     Attributes:
         dtype, device: those of the parameters.
         num_matvecs: matrix–vector products computed so far (a block of k columns counts k; the
@@ -80,7 +85,14 @@ class CurvatureOperator:
         return out[:, 0] if x.dim() == 1 else out
 
     def matvec(self, x: Tensor) -> Tensor:
-        """Same as ``self @ x``."""
+        """Same as ``self @ x``.
+
+        Args:
+            x: a vector (d,) or a block of vectors (d, k).
+
+        Returns:
+            A·x, of the shape of ``x``.
+        """
         return self @ x
 
     def to_dense(self, *, chunk_size: int = 128, max_dim: int = 20_000) -> Tensor:

@@ -143,7 +143,7 @@ def lanczos(
         ValueError: bad ``which`` or ``num_eigenvalues``.
 
     Example:
-        >>> from estimators import HessianOperator
+        >>> from slt_interp.estimators import HessianOperator
         >>> op = HessianOperator(lambda w: (torch.arange(1., 6, dtype=w.dtype) * w ** 2).sum() / 2,
         ...                      torch.zeros(5, dtype=torch.float64))
         >>> round(float(lanczos(op).eigenvalues[0]), 8)

@@ -348,7 +348,7 @@ def reference_outputs(model: nn.Module, inputs: Tensor, *, batch_size: int | Non
     training flag is restored afterwards), with its current buffers, through
     :func:`torch.func.functional_call`, without gradient. These are the targets of the behavioral
     loss L_B(w) = (1/n)·Σ_x ‖f(x; w) − f(x; w*)‖² (Bushnaq et al. 2024, arXiv 2405.10927, §2.2;
-    docs/theory.md §3): computing them in eval mode makes w* an exact minimum of L_B even for
+    docs/theory.md §1): computing them in eval mode makes w* an exact minimum of L_B even for
     models with dropout or batch normalisation.
 
     Args:

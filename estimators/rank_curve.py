@@ -63,7 +63,7 @@ class RankCurve:
 
     @property
     def quadratic_llc(self) -> Tensor:
-        """½·soft_rank(τ): the localized SGLD target if the loss were exactly quadratic at w*."""
+        """The localized SGLD target ½·soft_rank(τ) if the loss were exactly quadratic at w*."""
         return self.soft_ranks / 2
 
 

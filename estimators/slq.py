@@ -102,17 +102,43 @@ class SpectralQuadrature:
         return int(self.nodes.shape[0])
 
     def samples(self, f: Callable[[Tensor], Tensor]) -> Tensor:
-        """The per-probe estimates d·Σ_j τ_pj·f(θ_pj) of tr f(A), shape (P,)."""
+        """The per-probe estimates d·Σ_j τ_pj·f(θ_pj) of tr f(A).
+
+        Args:
+            f: an elementwise function of the eigenvalues (tensor → tensor).
+
+        Returns:
+            The P estimates, shape (P,), float64.
+        """
         return self.dim * (self.weights * f(self.nodes)).sum(-1)
 
     def trace(self, f: Callable[[Tensor], Tensor]) -> tuple[float, float]:
-        """(estimate, standard error) of tr f(A)."""
+        """The mean over probes of the estimates of tr f(A), with its standard error.
+
+        Args:
+            f: an elementwise function of the eigenvalues (tensor → tensor).
+
+        Returns:
+            ``(estimate, std_err)``; the standard error is inf for a single probe.
+        """
         s = self.samples(f)
         se = float(s.std(unbiased=True)) / math.sqrt(len(s)) if len(s) > 1 else float("inf")
         return float(s.mean()), se
 
     def count(self, threshold: float, *, above: bool = True, confidence: float = 0.95) -> EigenvalueCount:
-        """#{λ > threshold} (``above``) or #{λ < threshold}, with a Student-t confidence interval."""
+        """#{λ > threshold} (``above``) or #{λ < threshold}, with a Student-t confidence interval.
+
+        Args:
+            threshold: the threshold τ.
+            above: count the eigenvalues above τ (True) or below it (False).
+            confidence: the level of the confidence interval, in (0, 1).
+
+        Returns:
+            The :class:`EigenvalueCount`, its interval clipped to [0, d].
+
+        Raises:
+            ValueError: ``confidence`` outside (0, 1).
+        """
         if not 0 < confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {confidence}")
         if above:

@@ -38,7 +38,14 @@ class Spectrum:
         return int(self.eigenvalues.numel())
 
     def count_above(self, threshold: float) -> int:
-        """#{i: λ_i > threshold}."""
+        """#{i: λ_i > threshold}.
+
+        Args:
+            threshold: the threshold τ.
+
+        Returns:
+            The number of eigenvalues above τ.
+        """
         return int((self.eigenvalues > threshold).sum())
 
 
@@ -57,7 +64,7 @@ def dense_spectrum(op: CurvatureOperator, *, eigenvectors: bool = True, chunk_si
         ValueError: the operator is too large to assemble (see :meth:`CurvatureOperator.to_dense`).
 
     Example:
-        >>> from estimators import HessianOperator
+        >>> from slt_interp.estimators import HessianOperator
         >>> op = HessianOperator(lambda w: (w[0] ** 2 + 3 * w[1] ** 2) / 2, torch.zeros(2, dtype=torch.float64))
         >>> dense_spectrum(op).eigenvalues
         tensor([1., 3.], dtype=torch.float64)

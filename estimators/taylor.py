@@ -552,23 +552,56 @@ class TaylorMode:
         return out.reshape(*lead, *out.shape[1:])
 
     def coefficients(self, v: Tensor, order: int = 4) -> Tensor:
-        """Taylor coefficients g_0..g_order of t ↦ fn(w + t·v); shape (..., order + 1) for v (..., d)."""
+        """Taylor coefficients g_0..g_order of t ↦ fn(w + t·v).
+
+        Args:
+            v: directions, shape (..., d).
+            order: the highest coefficient, an integer ≥ 0.
+
+        Returns:
+            The coefficients g_k = g⁽ᵏ⁾(0)/k!, shape (..., order + 1).
+
+        Raises:
+            ValueError: ``order`` is not an integer ≥ 0.
+        """
         if int(order) != order or order < 0:
             raise ValueError(f"order must be an integer ≥ 0, got {order}")
         return self._batched(lambda u: self._coeffs_single(self.w, u, int(order)), v)
 
     def derivatives(self, v: Tensor, order: int = 4) -> Tensor:
-        """Dᵏf(w)[v, …, v] for k = 0..order: the coefficients times k!."""
+        """Dᵏf(w)[v, …, v] for k = 0..order: the coefficients times k!.
+
+        Args:
+            v: directions, shape (..., d).
+            order: the highest derivative order, an integer ≥ 0.
+
+        Returns:
+            The derivatives, shape (..., order + 1).
+        """
         c = self.coefficients(v, order)
         scale = torch.tensor([math.factorial(k) for k in range(order + 1)], dtype=c.dtype, device=c.device)
         return c * scale
 
     def fourth(self, v: Tensor) -> Tensor:
-        """T₄[v, v, v, v] = D⁴f(w)[v, v, v, v] (batched over leading dims of v)."""
+        """T₄[v, v, v, v] = D⁴f(w)[v, v, v, v].
+
+        Args:
+            v: directions, shape (..., d).
+
+        Returns:
+            T₄[v⁴] for each direction, shape (...).
+        """
         return self._batched(lambda u: 24 * self._coeffs_single(self.w, u, 4)[4], v)
 
     def third_vector(self, v: Tensor) -> Tensor:
-        """T₃[·, v, v] = ∇_w (vᵀ∇²f(w)v), a vector of length d (batched: shape (..., d))."""
+        """T₃[·, v, v] = ∇_w (vᵀ∇²f(w)v).
+
+        Args:
+            v: directions, shape (..., d).
+
+        Returns:
+            The vectors T₃[·, v, v], shape (..., d).
+        """
 
         def single(u: Tensor) -> Tensor:
             return grad(lambda x: 2 * self._coeffs_single(x, u, 2)[2])(self.w)
@@ -576,7 +609,14 @@ class TaylorMode:
         return self._batched(single, v)
 
     def quartic_terms(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(T₃[·, v, v], vᵀHv, T₄[v⁴]) from one pass: reverse mode over an order-4 Taylor pass."""
+        """(T₃[·, v, v], vᵀHv, T₄[v⁴]) from one pass: reverse mode over an order-4 Taylor pass.
+
+        Args:
+            v: directions, shape (..., d).
+
+        Returns:
+            ``(T₃[·, v, v], vᵀHv, T₄[v⁴])`` of shapes (..., d), (...) and (...).
+        """
 
         def single(u: Tensor):
             def f(x):
@@ -618,12 +658,32 @@ def directional_derivatives(fn, w: Tensor, v: Tensor, order: int = 4, method: st
 
 
 def third_derivative_vector(fn, w: Tensor, v: Tensor, method: str = "auto") -> Tensor:
-    """T₃[·, v, v] = ∇_w (vᵀ∇²f(w)v): reverse mode over an order-2 Taylor pass (batched over v)."""
+    """T₃[·, v, v] = ∇_w (vᵀ∇²f(w)v): reverse mode over an order-2 Taylor pass.
+
+    Args:
+        fn: f(w) -> scalar, or a :class:`TaylorMode` (then ``w`` and ``method`` are its own).
+        w: the base point (flat), shape (d,).
+        v: directions, shape (..., d).
+        method: see :class:`TaylorMode`.
+
+    Returns:
+        The vectors T₃[·, v, v], shape (..., d).
+    """
     return _tm(fn, w, method).third_vector(v)
 
 
 def fourth_derivative(fn, w: Tensor, v: Tensor, method: str = "auto") -> Tensor:
-    """T₄[v, v, v, v] = d⁴/dt⁴ f(w + t·v)|_{t=0} by Taylor mode (batched over v)."""
+    """T₄[v, v, v, v] = d⁴/dt⁴ f(w + t·v)|_{t=0} by Taylor mode.
+
+    Args:
+        fn: f(w) -> scalar, or a :class:`TaylorMode` (then ``w`` and ``method`` are its own).
+        w: the base point (flat), shape (d,).
+        v: directions, shape (..., d).
+        method: see :class:`TaylorMode`.
+
+    Returns:
+        T₄[v⁴] for each direction, shape (...).
+    """
     return _tm(fn, w, method).fourth(v)
 
 

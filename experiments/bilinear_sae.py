@@ -1,15 +1,19 @@
 """SAE latents of a bilinear transformer explained through its closed form, with measured faithfulness.
 
-For a TopK SAE (Gao et al. 2024, arXiv 2406.04093) on the final residual stream r = Σ_j term_j of a
+For a TopK SAE (Gao et al. 2024, arXiv 2406.04093) on a residual stream r = Σ_j term_j (final, or the
+input of a later block, with the sum over the terms of the components before it) of a
 bilinear / linear-attention transformer, the pre-activation of latent i is linear in r:
 a_i = w_iᵀ(r − b_dec) + b_enc,i = Σ_j w_iᵀ term_j + const, an exact decomposition into the terms of
 :func:`slt_interp.bilinear.expand` (read out along w_i). Per live latent this module measures
 
 * the driving terms: k terms chosen greedily on one half of the positions (the others mean-ablated),
   and the held-out R² of the pre-activation they reconstruct;
-* the effect on the logits f_i·W_U d_i (the decoder direction d_i feeds only the unembedding here: the
-  SAE sits after the last component) and the held-out R² of its reconstruction (TopK applied to the
-  reconstructed pre-activations of all latents);
+* the effect on the logits and the held-out R² of its reconstruction (TopK applied to the reconstructed
+  pre-activations of all latents): for an SAE on the final residual stream the decoder direction d_i
+  feeds only the unembedding (effect f_i·W_U d_i); for an SAE at the input of the last block
+  (``site``) the effect is exact through the later block, logits(r) − logits(r − f_i d_i), and
+  :func:`feed_terms` splits it into the terms d_i feeds (W_U d_i, each later head with the latent in
+  its q / k / v slots, the later MLP's cross and square terms);
 * the same two R² for a baseline: a random direction of the same norm as w_i with a threshold firing
   at the latent's rate (what any linear readout of r gets from k terms);
 * sign-correct token attributions: a head term with the embedding in its value slot is exactly
@@ -30,7 +34,7 @@ from torch import Tensor
 
 from slt_interp.bilinear.layers import causal_weights
 
-__all__ = ["TopKSAE", "train_topk_sae", "LatentReport", "explain_latents"]
+__all__ = ["TopKSAE", "train_topk_sae", "LatentReport", "explain_latents", "feed_terms"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,8 @@ class LatentReport:
             token attribution (None if no such term is among the drivers).
         attribution_match: share of firing positions where the source token with the largest signed
             attribution equals the next-token target (None without an attribution term).
+        feeds: the two terms its decoder direction feeds (:func:`feed_terms`) with the largest mean
+            logit norm where it fires, with their share of the total.
     """
 
     latent: int
@@ -165,6 +171,7 @@ class LatentReport:
     top_target: tuple[int, float] = (0, 0.0)
     attribution_term: str | None = None
     attribution_match: float | None = None
+    feeds: tuple[tuple[str, float], ...] = ()
 
 
 def _r2(y: Tensor, yhat: Tensor) -> float:
@@ -199,15 +206,20 @@ def _reconstruct(contrib: Tensor, target: Tensor, train: Tensor, chosen: list[in
 
 
 def explain_latents(exp, sae: TopKSAE, tokens: Tensor, targets: Tensor, *, mask: Tensor | None = None,
-                    k_terms: int = 3, k_max: int = 8, min_frequency: float = 0.0, seed: int = 0) -> list[LatentReport]:
+                    site: int | None = None, k_terms: int = 3, k_max: int = 8, min_frequency: float = 0.0,
+                    seed: int = 0) -> list[LatentReport]:
     """Explain every live latent through the closed form (module docstring).
 
     Args:
         exp: the model's :class:`~slt_interp.bilinear.expand.ComponentExpansion` (float64).
-        sae: a :class:`TopKSAE` trained on the final residual stream.
-        tokens: (B, T) sequences to measure on (all positions count).
+        sae: a :class:`TopKSAE` trained on the residual stream at ``site``.
+        tokens: (B, T) sequences to measure on.
         targets: (B, T) next-token targets (for the "top target" and the attribution check).
         mask: (B, T) bool, the positions measured on (all when None), e.g. a task's scored positions.
+        site: None for the final residual stream (the decoder feeds the unembedding only), or the
+            index l of the block whose input the SAE reads (the residual written by the components
+            before layer l; then the decoder direction feeds the later components too, and the logit
+            effect is exact: logits with the latent's f·d minus logits without, through the later blocks).
         k_terms: terms kept for the reported R².
         k_max: largest k in ``r2_pre_by_k``.
         min_frequency: latents firing less often than this on ``tokens`` are skipped (0: every latent
@@ -219,43 +231,63 @@ def explain_latents(exp, sae: TopKSAE, tokens: Tensor, targets: Tensor, *, mask:
     """
     model = exp.model
     g = torch.Generator().manual_seed(seed)
+    B, T = tokens.shape
     with torch.no_grad():
-        resid = model.residual(tokens)  # (B, T, d)
+        if site is None:
+            site_terms = torch.arange(len(exp))
+            resid = model.residual(tokens)  # (B, T, d)
+        else:
+            site_terms = torch.tensor([t.index for t in exp if t.kind == "embed" or t.layer < site])
+            resid = exp.evaluate(tokens, site_terms, readout="residual").sum(0)  # input of block `site`
         keep = torch.ones(tokens.shape, dtype=torch.bool) if mask is None else mask
         flat = keep.reshape(-1)
-        x = resid.reshape(-1, resid.shape[-1])[flat]
-        pre = sae.pre(x)  # (n, m)
-        codes = topk_codes(pre, sae.k)
-        n, m = pre.shape
-        train = torch.zeros(n, dtype=torch.bool)
-        train[torch.randperm(n, generator=g)[: n // 2]] = True
-        test = ~train
-        contrib = exp.evaluate(tokens, readout=sae.W_enc).reshape(len(exp), -1, m)[:, flat]  # w_iᵀ term_j
-        rand = torch.randn(m, x.shape[1], generator=g, dtype=x.dtype)
+        x_all = resid.reshape(-1, resid.shape[-1])  # (B·T, d)
+        pre_all = sae.pre(x_all)  # (B·T, m)
+        codes_all = topk_codes(pre_all, sae.k)
+        m = pre_all.shape[1]
+        where = flat.nonzero().flatten()
+        perm = where[torch.randperm(len(where), generator=g)]
+        train = torch.zeros(B * T, dtype=torch.bool)
+        train[perm[: len(perm) // 2]] = True
+        test = torch.zeros(B * T, dtype=torch.bool)
+        test[perm[len(perm) // 2:]] = True
+        contrib = exp.evaluate(tokens, site_terms, readout=sae.W_enc).reshape(len(site_terms), -1, m)  # w_iᵀ term_j
+        rand = torch.randn(m, x_all.shape[1], generator=g, dtype=x_all.dtype)
         rand = rand / rand.norm(dim=1, keepdim=True) * sae.W_enc.norm(dim=1, keepdim=True)
-        contrib_r = exp.evaluate(tokens, readout=rand).reshape(len(exp), -1, m)[:, flat]
-        pre_r = x @ rand.T  # (n, m): random readouts (no bias; the constant is fitted)
+        contrib_r = exp.evaluate(tokens, site_terms, readout=rand).reshape(len(site_terms), -1, m)
+        pre_r = x_all @ rand.T  # (B·T, m): random readouts (no bias; the constant is fitted)
+        codes = codes_all[flat]
         freq = (codes > 0).double().mean(0)
         live = [i for i in torch.argsort(freq, descending=True).tolist()
                 if int((codes[:, i] > 0).sum()) >= 4 and float(freq[i]) >= min_frequency]
-        chosen = {i: _greedy(contrib[:, :, i], pre[:, i], train, k_max) for i in live}
-        pre_hat = pre.clone()
+        chosen = {i: _greedy(contrib[:, :, i], pre_all[:, i], train, k_max) for i in live}
+        pre_hat = pre_all.clone()
         for i in live:
-            pre_hat[:, i] = _reconstruct(contrib[:, :, i], pre[:, i], train, chosen[i][:k_terms])
+            pre_hat[:, i] = _reconstruct(contrib[:, :, i], pre_all[:, i], train, chosen[i][:k_terms])
         codes_hat = topk_codes(pre_hat, sae.k)
         logit_dir = sae.W_dec.T @ model.W_U.detach().T  # (m, vocab): W_U d_i
         tgt = targets.reshape(-1)[flat]
+        names = [exp[int(j)].name for j in site_terms]
+
+        def effect(base: Tensor, f: Tensor, i: int) -> Tensor:  # logits(base + f·d_i) − logits(base), test positions
+            if site is None:
+                return f[test][:, None] * logit_dir[i]
+            d = sae.W_dec[:, i]
+            out = _logits_from(model, base + (f[:, None] * d).reshape(B, T, -1), site) - _logits_from(model, base, site)
+            return out.reshape(B * T, -1)[test]
+
         reports = []
         for i in live:
             on = codes[:, i] > 0
             ci = contrib[:, :, i]
-            share = ci[:, on].abs().mean(1)
+            share = ci[:, flat][:, on].abs().mean(1)
             share = share / share.sum()
-            by_k = tuple(_r2(pre[test, i], _reconstruct(ci, pre[:, i], train, chosen[i][:kk])[test])
+            by_k = tuple(_r2(pre_all[test, i], _reconstruct(ci, pre_all[:, i], train, chosen[i][:kk])[test])
                          for kk in range(1, k_max + 1))
             u = logit_dir[i]
-            eff = codes[test, i][:, None] * u
-            eff_hat = codes_hat[test, i][:, None] * u
+            f, f_hat = codes_all[:, i], codes_hat[:, i]
+            rest = resid - (f[:, None] * sae.W_dec[:, i]).reshape(B, T, -1)
+            eff, eff_hat = effect(rest, f, i), effect(rest, f_hat, i)
             # baseline: a random direction of the same norm, thresholded to fire at the latent's rate
             cr, yr = contrib_r[:, :, i], pre_r[:, i]
             sel = _greedy(cr, yr, train, k_terms)
@@ -263,18 +295,87 @@ def explain_latents(exp, sae: TopKSAE, tokens: Tensor, targets: Tensor, *, mask:
             theta = torch.quantile(yr[train], 1 - float(freq[i]))
             fr, fr_hat = torch.relu(yr - theta), torch.relu(yr_hat - theta)
             common = torch.bincount(tgt[on], minlength=model.config.vocab_size)
-            attr_term, match = _attribution(exp, sae, tokens, targets, i, chosen[i][:k_terms], on, flat)
+            attr_term, match = _attribution(exp, sae, tokens, targets, i, [int(site_terms[j]) for j in chosen[i][:k_terms]],
+                                            on, flat)
+            feeds = _feeds(model, rest, (f[:, None] * sae.W_dec[:, i]).reshape(B, T, -1), site, keep, on)
             reports.append(LatentReport(
-                latent=i, frequency=float(freq[i]), terms=tuple(exp[j].name for j in chosen[i][:k_terms]),
+                latent=i, frequency=float(freq[i]), terms=tuple(names[j] for j in chosen[i][:k_terms]),
                 shares=tuple(float(share[j]) for j in chosen[i][:k_terms]),
                 r2_pre=by_k[k_terms - 1], r2_effect=_r2(eff, eff_hat),
                 r2_pre_baseline=_r2(yr[test], yr_hat[test]),
-                r2_effect_baseline=_r2(fr[test][:, None] * u, fr_hat[test][:, None] * u),
+                r2_effect_baseline=_r2(effect(resid, fr, i), effect(resid, fr_hat, i)),
                 r2_pre_by_k=by_k, promotes=tuple(torch.argsort(u, descending=True)[:2].tolist()),
                 suppresses=tuple(torch.argsort(u)[:2].tolist()),
                 top_target=(int(common.argmax()), float(common.max() / common.sum())),
-                attribution_term=attr_term, attribution_match=match))
+                attribution_term=attr_term, attribution_match=match, feeds=feeds))
     return reports
+
+
+def _logits_from(model, x: Tensor, layer: int) -> Tensor:
+    """Logits from the residual stream entering block ``layer`` (the reference blocks, then W_U)."""
+    for block in model.blocks[layer:]:
+        x = block(x)
+    return x @ model.W_U.detach().T
+
+
+def feed_terms(model, rest: Tensor, delta: Tensor, site: int | None) -> dict[str, Tensor]:
+    """Exact split of a latent's logit effect logits(rest + δ) − logits(rest) into the terms δ feeds.
+
+    For the final residual stream (site None) the only term is the unembedding, W_U δ. For the input of
+    the last block (site = n_layers − 1): the direct path W_U δ; each head's terms with δ in at least one
+    of its (q, k, v) slots (the other slots filled by ``rest``: 7 per head); and the MLP's terms
+    B(μ, Δ) + B(Δ, μ) and B(Δ, Δ), where μ is the δ-free part of the MLP's input and Δ the rest
+    (δ plus every head term above). The terms sum to the effect exactly.
+
+    Args:
+        model: the model.
+        rest: (B, T, d) the residual at the site without the latent.
+        delta: (B, T, d) the latent's contribution f·d.
+        site: None or n_layers − 1.
+
+    Returns:
+        ``{name: (B, T, vocab) logits}``.
+
+    Raises:
+        ValueError: a site other than None or the last block's input.
+    """
+    WU = model.W_U.detach()
+    if site is None:
+        return {"W_U (direct)": delta @ WU.T}
+    if site != model.config.n_layers - 1:
+        raise ValueError(f"feed_terms splits through the last block only (site {model.config.n_layers - 1}); got {site}")
+    block = model.blocks[site]
+    attn, T = block.attn, rest.shape[1]
+    mask = causal_weights(T, model.config.normaliser, dtype=rest.dtype, device=rest.device)
+    out = {"W_U (direct)": delta @ WU.T}
+    mu = rest + attn(rest)  # δ-free part of the MLP input
+    Delta = delta.clone()
+    src = {"δ": delta, "r": rest}
+    for h in range(model.config.n_heads):
+        for combo in ((a, b, c) for a in "δr" for b in "δr" for c in "δr"):
+            if combo == ("r", "r", "r"):
+                continue
+            q = src[combo[0]] @ attn.W_Q[h].T
+            k = src[combo[1]] @ attn.W_K[h].T
+            v = src[combo[2]] @ attn.W_V[h].T
+            z = ((q @ k.transpose(-1, -2)) * mask) @ v @ attn.W_O[h].T  # (B, T, d)
+            Delta = Delta + z
+            out[f"L{site}.H{h}(q={combo[0]}, k={combo[1]}, v={combo[2]})"] = z @ WU.T
+    if block.mlp is not None:
+        mlp = block.mlp
+        bil = lambda a, b: ((a @ mlp.W.T) * (b @ mlp.V.T)) @ mlp.P.T
+        out[f"L{site}.mlp(μ, Δ)"] = (bil(mu, Delta) + bil(Delta, mu)) @ WU.T
+        out[f"L{site}.mlp(Δ, Δ)"] = bil(Delta, Delta) @ WU.T
+    return out
+
+
+def _feeds(model, rest, delta, site, keep, on) -> tuple[tuple[str, float], ...]:
+    """The two terms the latent feeds with the largest mean ‖logits‖ where it fires, with their shares."""
+    terms = feed_terms(model, rest, delta, site)
+    size = {n: float(v.reshape(-1, v.shape[-1])[keep.reshape(-1)][on].norm(dim=-1).mean()) for n, v in terms.items()}
+    total = sum(size.values()) or 1.0
+    top = sorted(size.items(), key=lambda kv: -kv[1])[:2]
+    return tuple((n, s / total) for n, s in top)
 
 
 def _attribution(exp, sae, tokens, targets, latent, chosen, on, flat) -> tuple[str | None, float | None]:

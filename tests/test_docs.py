@@ -103,8 +103,9 @@ def _documented_names(doc: str | None) -> set[str]:
     from sphinx.ext.napoleon.docstring import GoogleDocstring
 
     lines = GoogleDocstring(doc or "", Config(napoleon_use_ivar=True, napoleon_use_param=True)).lines()
-    names = {m.group(1) for line in lines if (m := re.match(r":(?:param|ivar) ([^\s:]+):", line))}
-    return {n.replace("\\", "").lstrip("*") for n in names}
+    # one entry may document several names ("lower, upper: the bounds")
+    entries = [m.group(1) for line in lines if (m := re.match(r":(?:param|ivar) (.+?):", line))]
+    return {n.strip().replace("\\", "").lstrip("*") for e in entries for n in e.split(",")}
 
 
 def _arguments(fn, *, bound: bool) -> list[str]:

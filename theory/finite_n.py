@@ -100,7 +100,7 @@ def _grid(points: int, radius: float, stretch: float, dtype) -> tuple[Tensor, Te
     return w, weights
 
 
-def _expectation(fn, dim: int, nbeta: float, gamma: float, points: int, radius: float, stretch: float) -> float:
+def _expectation(fn, dim: int, nbeta: float, localization: float, points: int, radius: float, stretch: float) -> float:
     dtype = torch.float64
     w, dw = _grid(points, radius, stretch, dtype)
     if dim == 1:
@@ -114,7 +114,7 @@ def _expectation(fn, dim: int, nbeta: float, gamma: float, points: int, radius: 
         raise ValueError(f"K must map w of shape (..., {dim}) to shape (...); got {tuple(K.shape)} for {tuple(W.shape)}")
     if not torch.isfinite(K).all() or (K < -1e-12).any():
         raise ValueError("K must be finite and ≥ 0 on the grid (a potential with its minimum K(0) = 0)")
-    logp = -nbeta * K - 0.5 * gamma * (W ** 2).sum(-1) + logwt
+    logp = -nbeta * K - 0.5 * localization * (W ** 2).sum(-1) + logwt
     logp = logp - logp.max()
     p = torch.exp(logp)
     return float((p * nbeta * K).sum() / p.sum())

@@ -4,7 +4,8 @@ Protocol (Furman & Lau 2024, arXiv 2402.03698, §4, with one change): random dee
 f(x) = W_L ⋯ W_1 x with depth L, widths and a true rank r drawn at random, n noise-free samples
 x ~ N(0, I), y = f(x; w*). The change: w* is placed at the most singular point of the set of true
 parameters (every factor of rank exactly r, :func:`slt_interp.theory.zoo.deep_linear_model`), where
-Aoyagi's λ (Aoyagi 2024; docs/theory.md §2) is the local learning coefficient. At Furman & Lau's generic
+Aoyagi's λ (Aoyagi 2024; docs/theory.md §2) is the local learning coefficient; its non-zero blocks
+are N(0, 1/fan_in), the scale of ``nn.Linear``'s initialisation (a rescaling leaves λ unchanged). At Furman & Lau's generic
 rank-reduced teachers the Hessian rank proves a local λ above Aoyagi's for some networks, so their
 target is not the local one.
 
@@ -100,12 +101,15 @@ def _devinterp(model, loss_fn, x, y, seed, llc):
 def run_network(index: int, args) -> dict:
     widths, rank = random_network(index, min_params=args.min_params, max_params=args.max_params, seed=args.seed)
     km = zoo.deep_linear_model(widths, rank, seed=index)
+    with torch.no_grad():  # the teacher's factors at the scale of nn.Linear's init, 1/√fan_in (λ is unchanged)
+        for layer in km.model.layers:
+            layer.weight.mul_(layer.weight.shape[1] ** -0.5)
     x, y = km.sample(args.num_samples, seed=index)
     llc = float(km.llc.value)
     row = {"index": index, "widths": widths, "rank": rank, "params": sum(p.numel() for p in km.model.parameters()),
            "llc": llc, "methods": {}}
     row["methods"]["ours (default)"] = _ours(km.model, km.loss_fn, x, y, index)
-    for name in SAMPLERS:
+    for name in args.samplers:
         try:
             row["methods"][f"ours ({name})"] = _ours(km.model, km.loss_fn, x, y, index, sampler=name)
         except (ValueError, TypeError) as err:  # a sampler this version does not have
@@ -145,6 +149,7 @@ def main(argv=None) -> str:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-devinterp", action="store_true")
+    ap.add_argument("--samplers", nargs="*", default=list(SAMPLERS), help="our samplers to run besides the default")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

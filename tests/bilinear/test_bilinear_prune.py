@@ -40,9 +40,10 @@ def test_pruning_certificate_covers_the_exhaustive_worst_case(device, case):
     exp = expand(model)
     seqs = all_sequences(3, 3, device)
     full = model(seqs).detach()
-    total = float(term_bounds(exp).values.sum())
+    b = term_bounds(exp)
+    total = float(b.values.sum())
     for eps in (0.0, 0.01, 0.1, 1.0, 10.0, total):
-        r = prune(exp, eps, tokens=seqs)
+        r = prune(exp, eps, tokens=seqs, bounds=b)
         assert r.certified_error <= eps + 1e-12
         assert r.measured_error <= r.certified_error * (1 + 1e-12) + 1e-12
         pruned = exp.evaluate_sum(seqs, keep=r.keep_mask)
@@ -50,11 +51,14 @@ def test_pruning_certificate_covers_the_exhaustive_worst_case(device, case):
     r = prune(exp, num_keep=len(exp) // 3, tokens=seqs, exhaustive=True)
     assert abs(r.exhaustive_error - r.measured_error) < 1e-12 * max(1.0, r.measured_error)  # seqs = all of them
     assert r.exhaustive_error <= r.certified_error * (1 + 1e-12)
-    assert len(prune(exp, total).kept) == 0
-    assert prune(exp, 0.0).dropped == ()
+    assert len(prune(exp, total * (1 + 1e-12), bounds=b).kept) == 0  # the sum of the bounds, up to its rounding
+    assert prune(exp, 0.0, bounds=b).dropped == ()
+    assert prune(exp, 1.0, bounds=b).kept == prune(exp, 1.0).kept
+    with pytest.raises(ValueError, match="bounds must be term_bounds"):
+        prune(exp, 1.0, bounds=term_bounds(exp, readout="residual"))
     for k in (1, len(exp) // 2):
         for rank_by in ("bound", "measured"):
-            r = prune(exp, num_keep=k, tokens=seqs, rank_by=rank_by)
+            r = prune(exp, num_keep=k, tokens=seqs, rank_by=rank_by, bounds=b)
             assert len(r.kept) == k and r.measured_error <= r.certified_error * (1 + 1e-12) + 1e-12
 
 

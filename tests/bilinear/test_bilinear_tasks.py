@@ -120,3 +120,14 @@ def test_associative_recall_task():
         assert fixed_offset_accuracy(task, k) <= bound + 3 * (bound * (1 - bound) / 3000) ** 0.5
     with pytest.raises(ValueError, match="num_keys >= num_pairs"):
         associative_recall(3, 4, 4, 10, seed=0)
+
+
+def test_training_restores_the_thread_setting():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = BilinearTransformer(BilinearConfig(vocab_size=4, n_ctx=3, d_model=4, n_heads=1, d_head=2, d_mlp=4))
+        train(model, modular_addition(3), steps=2, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

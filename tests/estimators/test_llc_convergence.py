@@ -73,7 +73,10 @@ def test_calibration_caps_the_step_by_the_curvature_bias_bound():
     reference = max(cal.pilot_llc, 0.5 * nbeta * h / hu)  # the pilots' λ̂, or the quadratic lower bound on λ
     bound = min(0.2 * reference / (nbeta * h), 0.5 / hu)  # ULA's bias of λ̂ ≈ ε·nβ·tr H/8 ≤ 2.5% of it
     assert cal.step_size == pytest.approx(min(cal.acceptance_step_size, bound))
-    assert 1 / (1 - cal.step_size * hu / 4) - 1 <= 0.0257  # ULA's relative bias at the chosen step
+    # ULA's relative bias at the chosen step: ≤ 2.5% of λ_ref (+ the 2nd-order term), and λ_ref is the pilots'
+    # λ̂ when that exceeds the exact λ = ½·nβh/h_U of this quadratic
+    exact = 0.5 * nbeta * h / hu
+    assert 1 / (1 - cal.step_size * hu / 4) - 1 <= 0.0257 * max(1.0, reference / exact)
     assert 1 / (1 - cal.acceptance_step_size * hu / 4) - 1 > 0.05  # what the acceptance rule alone gave
 
 
@@ -95,3 +98,19 @@ def test_adaptive_run_checkpoints_and_resumes(tmp_path):
         again = estimate_potential_llc(pot, 100, checkpoint_path=path, resume=True, **kw)
     assert torch.equal(first.loss_traces, again.loss_traces) and first.mean == again.mean
     assert torch.load(path, weights_only=True)["driver"]["burnin_end"] == first.settings.num_burnin
+
+
+def test_calibration_grid_follows_the_curvature_of_a_stiff_model():
+    # inputs of scale 300: h = 2·E[x²] ≈ 1.8e5, so every step on the old grid 10^(1 − k/4)/nβ (down to
+    # 1e-3/nβ, ε·nβ·h ≈ 180) diverged; the grid now starts at the stability limit 2/(nβ·h + γ)
+    model, x, y = linear_problem("cpu", d=1, n=200)
+    x = 300.0 * x
+    with torch.no_grad():
+        y = model(x)
+    n = len(x)
+    nbeta = n / math.log(n)
+    h = float(2 * (x ** 2).mean())
+    cal = calibrate_step_size(model, mse, (x, y))
+    assert cal.candidates[0] == pytest.approx(2 / (nbeta * h + 1.0), rel=1e-6)
+    assert not all(cal.diverged)
+    assert cal.step_size * (nbeta * h + 1.0) <= 0.5
