@@ -50,7 +50,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal
+from typing import Callable, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +64,7 @@ from ._threads import choose_num_threads, intra_op_threads
 from .calibration import StepSizeCalibration, _calibrate
 from .diagnostics import effective_sample_size, geweke_z, mean_std_err, split_rhat
 from .losses import behavioral_kl, behavioral_mse
-from .model_losses import reference_outputs
+from .model_losses import DataLoss, reference_outputs
 
 __all__ = [
     "ConvergenceTargets",
@@ -421,10 +421,29 @@ def _estimate_in(problem: _Problem, cfg: RunSettings, *, checkpoint_path, resume
 # --------------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------------
+def _unpack_data_loss(model, loss_fn, data, batch_size):
+    """``(model, loss_fn, data, batch_size)`` from a :class:`DataLoss` given in place of the model."""
+    if not isinstance(model, DataLoss):
+        if data is None:
+            raise TypeError("estimate_llc needs data: estimate_llc(model, loss_fn, (inputs, targets)), or a DataLoss "
+                            "from training_loss / behavioral_loss: estimate_llc(*training_loss(model, loss_fn, x, y))")
+        return model, loss_fn, data, batch_size
+    if data is not None or (loss_fn is not None and not isinstance(loss_fn, Mapping)):
+        raise TypeError("with a DataLoss, give neither loss_fn nor data: the DataLoss carries its model, loss and data "
+                        "(estimate_llc(loss) or estimate_llc(*training_loss(model, loss_fn, x, y)))")
+    if isinstance(loss_fn, Mapping):  # the params dict returned with the DataLoss: it must be the model's w*
+        current = dict(model.model.named_parameters())
+        for name, value in loss_fn.items():
+            if name not in current or not torch.equal(current[name].detach(), value.detach()):
+                raise ValueError(f"params[{name!r}] is not the model's current parameter: estimate_llc samples around "
+                                 "the model's parameters; load w* into the model (model.load_state_dict) instead")
+    return model.model, model.batch_loss, model.data, batch_size if batch_size is not None else model.batch_size
+
+
 def estimate_llc(
-    model: nn.Module,
-    loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
-    data,
+    model: nn.Module | DataLoss,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    data=None,
     *,
     num_chains: int = 4,
     num_draws: int | None = None,
@@ -453,9 +472,15 @@ def estimate_llc(
     λ̂ = nβ·(E_w[L_n(w)] − L_n(w*)) at the model's current parameters w* (Lau et al. 2023,
     arXiv 2308.12108; docs/theory.md §1).
 
+    The problem can also be given as :func:`llc_bounds` takes it: ``estimate_llc(loss)`` or
+    ``estimate_llc(*training_loss(model, loss_fn, x, y))`` with a :class:`DataLoss` (its model, batch
+    loss, data and batch size are used; a :func:`behavioral_loss` gives the behavioral LLC).
+
     Args:
         model: any ``nn.Module``; its current parameters are w* (not modified). It is evaluated in
             eval mode (dropout off, batch-norm running statistics), its mode restored afterwards.
+            Or a :class:`DataLoss` (then ``loss_fn`` is omitted or the params dict that came with it,
+            and ``data`` is omitted).
         loss_fn: ``loss_fn(prediction, target)`` returning the MEAN loss over the batch; for dict
             batches ``loss_fn(model_output, batch)``, or None to use the model output's ``.loss``
             (Hugging Face models with ``labels`` in the batch).
@@ -523,6 +548,7 @@ def estimate_llc(
         NotAMinimumError: w* is not a local minimum and ``on_nonminimum="raise"``.
         ValueError / TypeError: invalid settings or data, naming the fix.
     """
+    model, loss_fn, data, batch_size = _unpack_data_loss(model, loss_fn, data, batch_size)
     if checkpoint_path is not None:
         _checkpoint.check_path(checkpoint_path)  # before the model is evaluated at all
     problem, s = _prepare(model, loss_fn, data, nbeta=nbeta, localization=localization, batch_size=batch_size,
