@@ -2,7 +2,7 @@
 
 Error metric: the worst case over every token sequence of length ≤ n_ctx and every position t of the
 ℓ2 norm of the dropped terms' sum, sup_{x, t} ‖Σ_{dropped} term_t(x)‖₂ (in logit space by default).
-The certificate is Σ_{dropped} b_i, with b_i ≥ sup_{x,t} ‖term_i,t(x)‖₂ (triangle inequality).
+The bound is Σ_{dropped} b_i, with b_i ≥ sup_{x,t} ‖term_i,t(x)‖₂ (triangle inequality).
 
 Per-term bounds b_i, tightest first (docs/theory.md §5 lists the options; norm products alone can be
 vacuous, compare Gross et al. 2024, arXiv 2406.11779):
@@ -13,7 +13,7 @@ vacuous, compare Gross et al. 2024, arXiv 2406.11779):
   b = max_{t, x_t} n(t)·[Σ_{s<t} max_{x_s} |e_tᵀ QK e_s|·‖M OV e_s‖ + |e_tᵀ QK e_t|·‖M OV e_t‖];
 * otherwise a product of per-slot suprema sup ‖M out_c‖: exact where the slot is the embedding, the
   per-position table above (with readout M) where it is a layer-0 head, and otherwise ‖M‖₂·R_c, where
-  R_c ≥ sup ‖out_c‖ is itself certified recursively, layer by layer, as the sum of the bounds of
+  R_c ≥ sup ‖out_c‖ is itself bounded recursively, layer by layer, as the sum of the bounds of
   component c's own terms. For MLP terms ‖u ⊙ v‖₂ ≤ min(‖u‖₂‖v‖_∞, ‖u‖_∞‖v‖₂).
 * then, per term, the smaller of that and the per-position vertex bound of
   :mod:`~slt_interp.bilinear.vertex_bounds` (layer-0 outputs are sums of per-token vectors, terms are
@@ -237,24 +237,27 @@ def _apply_rows(M: Tensor | None, X: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class PruneResult:
-    """A pruned expansion with its certified and measured error.
+    """A pruned expansion with a bound on, and a measurement of, its error.
+
+    The bounds hold in exact arithmetic on the stored weights; float64 rounding of their computation
+    (about 1e-13 relative) is not enclosed, so they are not called certified.
 
     Attributes:
         kept: indices of the kept terms, sorted by decreasing bound (or measured size).
         dropped: indices of the dropped terms, sorted.
-        certified_error: Σ_{dropped} b_i ≥ sup over all sequences and positions of ‖Σ_dropped term‖₂.
+        error_bound: Σ_{dropped} b_i ≥ sup over all sequences and positions of ‖Σ_dropped term‖₂.
         measured_error: max over the given tokens and positions of ‖Σ_dropped term‖₂ (None: no tokens).
         num_sequences: number of sequences the measured error was taken over.
-        eps: the requested certified budget (None when ``num_keep`` was given).
+        eps: the requested error budget (None when ``num_keep`` was given).
         bounds: the per-term :class:`TermBounds` used.
         exhaustive_error: the worst case over *every* sequence of length n_ctx (hence every prefix), by
             enumeration, when requested (``exhaustive=True``); else None. Exact up to the rounding of the
-            model's dtype (use a float64 model), and never above ``certified_error``.
+            model's dtype (use a float64 model), and never above ``error_bound``.
     """
 
     kept: tuple[int, ...]
     dropped: tuple[int, ...]
-    certified_error: float
+    error_bound: float
     measured_error: float | None
     num_sequences: int
     eps: float | None
@@ -332,7 +335,7 @@ def exhaustive_worst_case(expansion: ComponentExpansion, dropped_sets, *, max_se
     total = cfg.vocab_size ** cfg.n_ctx
     if total > max_sequences:
         raise ValueError(f"{cfg.vocab_size}^{cfg.n_ctx} = {total:.3g} sequences > max_sequences = {max_sequences}; "
-                         "use the bound-based certificate (certified_error) or raise max_sequences")
+                         "use the bound (error_bound) or raise max_sequences")
     sets = [term_index(d, len(expansion)) for d in dropped_sets]
     worst = [0.0] * len(sets)
     device = expansion.model.W_E.device
@@ -348,17 +351,17 @@ def exhaustive_worst_case(expansion: ComponentExpansion, dropped_sets, *, max_se
 def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: int | None = None,
           tokens: Tensor | None = None, rank_by: str = "bound", exhaustive: bool = False,
           bounds: TermBounds | None = None) -> PruneResult:
-    """Keep the largest terms; drop the rest; certify and measure the error of what was dropped.
+    """Keep the largest terms; drop the rest; bound and measure the error of what was dropped.
 
     With ``eps``: drop the terms with the smallest bounds b_i as long as Σ_{dropped} b_i ≤ eps (the most
     terms that fit the budget). With ``num_keep``: keep that many terms, the largest by ``rank_by``:
-    "bound" (certified b_i) or "measured" (max ‖term‖₂ over ``tokens``; the certificate stays valid for
-    every input, only the choice of terms uses the data). The certificate Σ_{dropped} b_i bounds
+    "bound" (the bounds b_i) or "measured" (max ‖term‖₂ over ``tokens``; the bound stays valid for
+    every input, only the choice of terms uses the data). The bound Σ_{dropped} b_i bounds
     sup_{x, t} ‖logits_t(x) − pruned_t(x)‖₂ over every sequence of length ≤ n_ctx.
 
     Args:
         expansion: from ``expand(model)``.
-        eps: certified error budget (≥ 0), or None with ``num_keep``.
+        eps: error budget (≥ 0), or None with ``num_keep``.
         num_keep: number of terms to keep, or None with ``eps``.
         tokens: optional (B, T) sequences on which to measure the actual worst error.
         rank_by: "bound" or "measured" (with ``num_keep`` and ``tokens`` only).
@@ -380,7 +383,7 @@ def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: 
     if tokens is not None:
         tokens = expansion.model.as_tokens(tokens)
     if (eps is None) == (num_keep is None):
-        raise ValueError("give exactly one of eps (certified error budget) or num_keep (number of terms)")
+        raise ValueError("give exactly one of eps (error budget) or num_keep (number of terms)")
     if eps is not None and not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
     if num_keep is not None and not 0 <= num_keep <= len(expansion):
@@ -405,7 +408,7 @@ def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: 
         fits = (tail <= eps).nonzero()
         num_keep = int(fits[0]) if fits.numel() else len(expansion)
     kept, dropped = order[:num_keep], order[num_keep:]
-    certified = float(bounds.values[dropped].sum())
+    bound = float(bounds.values[dropped].sum())
     if tokens is None:
         measured = None
     elif values is not None:
@@ -413,7 +416,7 @@ def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: 
     else:
         measured = worst_case_error(expansion, dropped, tokens)
     return PruneResult(
-        kept=tuple(kept.tolist()), dropped=tuple(sorted(dropped.tolist())), certified_error=certified,
+        kept=tuple(kept.tolist()), dropped=tuple(sorted(dropped.tolist())), error_bound=bound,
         measured_error=measured, num_sequences=0 if tokens is None else int(tokens.shape[0]), eps=eps,
         bounds=bounds, exhaustive_error=exhaustive_worst_case(expansion, [dropped])[0] if exhaustive else None,
     )

@@ -257,7 +257,7 @@ def _run(ctx) -> str:
             _table(["latent", "freq", "top 2 driving terms", "R² pre", "R² pre (random)", "R² effect",
                     "R² effect (random)", "top 2 terms it feeds (share of their size)"], mid_rows)]
 
-    # --- certificate tightness -------------------------------------------------------------------------
+    # --- bound tightness -------------------------------------------------------------------------
     t0 = time.perf_counter()
     new = term_bounds(exp).values
     old = term_bounds(exp, vertex=False).values
@@ -292,6 +292,6 @@ def _run(ctx) -> str:
             f"{next(r for r in small_rows if r[0] == 'layer-1 heads')[2]}, layer-1 MLP "
             f"{next(r for r in small_rows if r[0] == 'layer-1 MLP')[2]}. Soundness against every possible input "
             "is tested exhaustively in tests/bilinear/test_bilinear_vertex_bounds.py, and the exhaustive run "
-            f"above checks it again on this trained model (certificate part: {t_cert:.1f} s).",
+            f"above checks it again on this trained model (bound part: {t_cert:.1f} s).",
             "", f"_Total {time.perf_counter() - start:.1f} s._"]
     return "\n".join(out)

@@ -35,7 +35,7 @@ def test_term_bounds_never_below_the_true_worst_case(device, case):
 
 
 @pytest.mark.parametrize("case", TINY[:3], ids=lambda c: f"L{c['n_layers']}H{c['n_heads']}{c['normaliser']}")
-def test_pruning_certificate_covers_the_exhaustive_worst_case(device, case):
+def test_pruning_bound_covers_the_exhaustive_worst_case(device, case):
     model = _tiny(device, case)
     exp = expand(model)
     seqs = all_sequences(3, 3, device)
@@ -44,13 +44,13 @@ def test_pruning_certificate_covers_the_exhaustive_worst_case(device, case):
     total = float(b.values.sum())
     for eps in (0.0, 0.01, 0.1, 1.0, 10.0, total):
         r = prune(exp, eps, tokens=seqs, bounds=b)
-        assert r.certified_error <= eps + 1e-12
-        assert r.measured_error <= r.certified_error * (1 + 1e-12) + 1e-12
+        assert r.error_bound <= eps + 1e-12
+        assert r.measured_error <= r.error_bound * (1 + 1e-12) + 1e-12
         pruned = exp.evaluate_sum(seqs, keep=r.keep_mask)
         assert abs(float((full - pruned).norm(dim=-1).max()) - r.measured_error) < 1e-9
     r = prune(exp, num_keep=len(exp) // 3, tokens=seqs, exhaustive=True)
     assert abs(r.exhaustive_error - r.measured_error) < 1e-12 * max(1.0, r.measured_error)  # seqs = all of them
-    assert r.exhaustive_error <= r.certified_error * (1 + 1e-12)
+    assert r.exhaustive_error <= r.error_bound * (1 + 1e-12)
     assert len(prune(exp, total * (1 + 1e-12), bounds=b).kept) == 0  # the sum of the bounds, up to its rounding
     assert prune(exp, 0.0, bounds=b).dropped == ()
     assert prune(exp, 1.0, bounds=b).kept == prune(exp, 1.0).kept
@@ -59,7 +59,7 @@ def test_pruning_certificate_covers_the_exhaustive_worst_case(device, case):
     for k in (1, len(exp) // 2):
         for rank_by in ("bound", "measured"):
             r = prune(exp, num_keep=k, tokens=seqs, rank_by=rank_by, bounds=b)
-            assert len(r.kept) == k and r.measured_error <= r.certified_error * (1 + 1e-12) + 1e-12
+            assert len(r.kept) == k and r.measured_error <= r.error_bound * (1 + 1e-12) + 1e-12
 
 
 def test_prune_rejects_bad_arguments():
