@@ -51,7 +51,8 @@ def _models(ctx, lines):
         + " with everything else default: 4 chains, adaptive burn-in (until λ̂ and ‖w − w*‖² stop drifting) and "
         "draws (until ESS ≥ 400 and SE ≤ 3% of λ̂, at most 20 000 steps), γ = 1, nβ = n/log n, batch size "
         "min(n, 512), step size from the calibration rule (largest ε on a 10^(1/4) grid whose pilot has mean MALA "
-        "acceptance ≥ 0.95, capped at 0.1/(nβ·h_max + γ)). Target: within 10% of λ."
+        "acceptance ≥ 0.95, capped by the curvature bias bound; the full rule is printed below the table). "
+        "Target: within 10% of λ."
         + (" (Quick mode: one model, few draws — not converged.)" if ctx.quick else ""),
         "",
         "| model | λ | estimate | relative error | ε (calibrated) | MALA | ESS | R̂ | seconds |",
