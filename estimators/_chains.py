@@ -164,22 +164,13 @@ def _selection_mask(model: nn.Module, params: ParamSelection, flat_names, shapes
     return mask
 
 
-def model_problem(
-    model: nn.Module,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    tensors: tuple[Tensor, ...],
-    *,
-    params: ParamSelection = None,
-    device: torch.device | str | None = None,
-    description: str = "",
-) -> _Problem:
-    """The sampling problem L(w) = loss_fn(model(x; w), y) over the samples ``tensors = (x, y)``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not callable(loss_fn):
-        raise TypeError("loss_fn must be callable as loss_fn(prediction, target) -> mean loss")
-    if len(tensors) != 2:
-        raise ValueError(f"data must hold (inputs, targets); got {len(tensors)} tensors per sample")
+def flat_parameters(model: nn.Module, params: ParamSelection, device):
+    """The model's parameters as one flat w* for the samplers, checked once (floating point, one dtype, finite).
+
+    Returns:
+        ``(names, shapes, sizes, w0, buffers, mask, device, dtype)``: w0 and the buffers on ``device``
+        (default: the parameters' device), the weight-refinement mask (or None) in w0's dtype.
+    """
     named = dict(model.named_parameters())
     if not named:
         raise ValueError("the model has no parameters to sample")
@@ -198,10 +189,30 @@ def model_problem(
     sizes = [int(math.prod(s)) for s in shapes]
     w0 = torch.cat([named[n].detach().reshape(-1) for n in names]).to(dev)
     buffers = {n: b.to(dev) for n, b in model.named_buffers()}
-    x, y = (t.to(dev) if not t.is_floating_point() else t.to(device=dev, dtype=dtype) for t in tensors)
     mask = _selection_mask(model, params, names, shapes)
     if mask is not None:
         mask = mask.to(device=dev, dtype=dtype)
+    return names, shapes, sizes, w0, buffers, mask, dev, dtype
+
+
+def model_problem(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    tensors: tuple[Tensor, ...],
+    *,
+    params: ParamSelection = None,
+    device: torch.device | str | None = None,
+    description: str = "",
+) -> _Problem:
+    """The sampling problem L(w) = loss_fn(model(x; w), y) over the samples ``tensors = (x, y)``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable as loss_fn(prediction, target) -> mean loss")
+    if len(tensors) != 2:
+        raise ValueError(f"data must hold (inputs, targets); got {len(tensors)} tensors per sample")
+    names, shapes, sizes, w0, buffers, mask, dev, dtype = flat_parameters(model, params, device)
+    x, y = (t.to(dev) if not t.is_floating_point() else t.to(device=dev, dtype=dtype) for t in tensors)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"need at least 2 samples (nβ = n/log n), got {n}")

@@ -18,7 +18,6 @@ shape between chains).
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -28,7 +27,7 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from . import _checkpoint
-from ._chains import ParamSelection, _Problem, _selection_mask
+from ._chains import ParamSelection, _Problem, flat_parameters
 
 Batch = Any  # a tuple/list of tensors or a dict of tensors (and other values)
 
@@ -106,23 +105,7 @@ def streaming_problem(model: nn.Module, loss_fn: Callable | None, data, *, param
     if loss_fn is None and not all(isinstance(b, Mapping) for b in batches):
         raise ValueError("loss_fn=None takes the loss from the model output (`.loss`), which needs dict batches; pass "
                          "loss_fn(prediction, target) for (inputs, targets) batches")
-    named = dict(model.named_parameters())
-    if not named:
-        raise ValueError("the model has no parameters to sample")
-    first = next(iter(named.values()))
-    dev = torch.device(device) if device is not None else first.device
-    dtype = first.dtype
-    names = tuple(named)
-    shapes = tuple(named[n].shape for n in names)
-    sizes = [int(math.prod(s)) for s in shapes]
-    for n_, p in named.items():
-        if not torch.isfinite(p).all():
-            raise ValueError(f"parameter {n_!r} contains NaN or inf: w* must be finite")
-    w0 = torch.cat([named[n_].detach().reshape(-1) for n_ in names]).to(dev)
-    buffers = {n_: b.to(dev) for n_, b in model.named_buffers()}
-    mask = _selection_mask(model, params, names, shapes)
-    if mask is not None:
-        mask = mask.to(device=dev, dtype=dtype)
+    names, shapes, sizes, w0, buffers, mask, dev, dtype = flat_parameters(model, params, device)
     counts = [_batch_size_of(b) for b in batches]
     n = sum(counts)
     if n < 2:
