@@ -21,20 +21,18 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
-from torch.utils.data import DataLoader, Dataset
 
 from . import _checkpoint
+from .input_checks import ParamSelection, check_data, eval_mode, flat_model, probe_loss
 from .samplers import MALAKernel, RMSPropSGLDKernel, SamplerState, SGLDKernel
 
 SAMPLERS = {"sgld": SGLDKernel, "mala": MALAKernel, "rmsprop": RMSPropSGLDKernel}
-
-ParamSelection = Union[None, Sequence[str], Mapping[str, Tensor]]
 
 
 class SGLDDivergenceError(RuntimeError):
@@ -88,113 +86,6 @@ class _Run:
 # --------------------------------------------------------------------------------------------
 # Data and problems
 # --------------------------------------------------------------------------------------------
-def materialize(data, what: str = "data") -> tuple[tuple[Tensor, ...], int | None]:
-    """All samples of ``data`` as a tuple of stacked tensors, and the DataLoader's batch size if any.
-
-    ``data``: a tuple/list of tensors with a common first dimension, a ``torch.utils.data.Dataset``
-    whose items are tensors or tuples of tensors, or a ``DataLoader`` over such a data set. The
-    vectorised chains need random access to every sample, so the data set is held in memory.
-    """
-    loader_batch = None
-    if isinstance(data, DataLoader):
-        loader_batch = data.batch_size
-        data = data.dataset
-    if isinstance(data, Tensor):
-        return (data,), loader_batch
-    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
-        sizes = {t.shape[0] if t.dim() else None for t in data}
-        if len(sizes) != 1 or None in sizes:
-            raise ValueError(
-                f"{what}: the tensors must share their first (sample) dimension, got shapes "
-                f"{[tuple(t.shape) for t in data]}"
-            )
-        return tuple(data), loader_batch
-    if isinstance(data, Dataset):
-        try:
-            n = len(data)  # type: ignore[arg-type]
-        except TypeError as e:
-            raise TypeError(f"{what}: the Dataset must have a length (an iterable data set cannot be sampled at random)") from e
-        if n == 0:
-            raise ValueError(f"{what}: the Dataset is empty")
-        items = [data[i] for i in range(n)]
-        first = items[0]
-        if isinstance(first, Tensor):
-            return (torch.stack(items),), loader_batch
-        if isinstance(first, (tuple, list)) and all(isinstance(t, Tensor) for t in first):
-            return tuple(torch.stack([it[k] for it in items]) for k in range(len(first))), loader_batch
-        raise TypeError(f"{what}: Dataset items must be tensors or tuples of tensors, got {type(first).__name__}")
-    raise TypeError(
-        f"{what} must be a pair (inputs, targets) of tensors, a torch Dataset or a DataLoader; got {type(data).__name__}"
-    )
-
-
-def _selection_mask(model: nn.Module, params: ParamSelection, flat_names, shapes) -> Tensor | None:
-    named = dict(model.named_parameters())
-    if params is None:
-        if all(p.requires_grad for p in named.values()):
-            return None
-        chosen = {n: torch.ones(named[n].shape, dtype=torch.bool) for n in flat_names if named[n].requires_grad}
-    elif isinstance(params, Mapping):
-        chosen = {}
-        for n, m in params.items():
-            if n not in named:
-                raise ValueError(f"params: unknown parameter {n!r}; the model has {sorted(named)}")
-            m = torch.as_tensor(m)
-            if m.dtype != torch.bool or m.shape != named[n].shape:
-                raise ValueError(
-                    f"params[{n!r}] must be a boolean mask of shape {tuple(named[n].shape)}, "
-                    f"got dtype {m.dtype} and shape {tuple(m.shape)}"
-                )
-            chosen[n] = m.cpu()
-    else:
-        if isinstance(params, str):
-            raise TypeError("params must be a list of parameter names (or a dict name → boolean mask), not one string")
-        chosen = {}
-        for n in params:
-            if n not in named:
-                raise ValueError(f"params: unknown parameter {n!r}; the model has {sorted(named)}")
-            chosen[n] = torch.ones(named[n].shape, dtype=torch.bool)
-    if params is None and not chosen:
-        raise ValueError("every parameter of the model has requires_grad=False, so there is nothing to sample; call "
-                         "requires_grad_(True) on the parameters to sample, or name them with params=[...]")
-    parts = [chosen.get(n, torch.zeros(s, dtype=torch.bool)).reshape(-1) for n, s in zip(flat_names, shapes)]
-    mask = torch.cat(parts)
-    if not mask.any():
-        raise ValueError("params selects no coordinate to sample; name at least one parameter (or a non-empty mask)")
-    return mask
-
-
-def flat_parameters(model: nn.Module, params: ParamSelection, device):
-    """The model's parameters as one flat w* for the samplers, checked once (floating point, one dtype, finite).
-
-    Returns:
-        ``(names, shapes, sizes, w0, buffers, mask, device, dtype)``: w0 and the buffers on ``device``
-        (default: the parameters' device), the weight-refinement mask (or None) in w0's dtype.
-    """
-    named = dict(model.named_parameters())
-    if not named:
-        raise ValueError("the model has no parameters to sample")
-    first = next(iter(named.values()))
-    dev = torch.device(device) if device is not None else first.device
-    dtype = first.dtype
-    for n, p in named.items():
-        if not p.is_floating_point():
-            raise TypeError(f"parameter {n!r} has dtype {p.dtype}; SGLD needs floating-point parameters")
-        if p.dtype != dtype:
-            raise ValueError(f"all parameters must share one dtype; {n!r} is {p.dtype}, others {dtype}")
-        if not torch.isfinite(p).all():
-            raise ValueError(f"parameter {n!r} contains NaN or inf: w* must be finite")
-    names = tuple(named)
-    shapes = tuple(named[n].shape for n in names)
-    sizes = [int(math.prod(s)) for s in shapes]
-    w0 = torch.cat([named[n].detach().reshape(-1) for n in names]).to(dev)
-    buffers = {n: b.to(dev) for n, b in model.named_buffers()}
-    mask = _selection_mask(model, params, names, shapes)
-    if mask is not None:
-        mask = mask.to(device=dev, dtype=dtype)
-    return names, shapes, sizes, w0, buffers, mask, dev, dtype
-
-
 def model_problem(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -204,33 +95,29 @@ def model_problem(
     device: torch.device | str | None = None,
     description: str = "",
 ) -> _Problem:
-    """The sampling problem L(w) = loss_fn(model(x; w), y) over the samples ``tensors = (x, y)``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    """The sampling problem L(w) = loss_fn(model(x; w), y) over the samples ``tensors = (x, y)``.
+
+    Checked by the package's one validator (:mod:`slt_interp.estimators.input_checks`); floating data are converted to the
+    parameters' dtype (the chains compute in it) and the model runs in eval mode while sampling.
+    """
     if not callable(loss_fn):
         raise TypeError("loss_fn must be callable as loss_fn(prediction, target) -> mean loss")
     if len(tensors) != 2:
         raise ValueError(f"data must hold (inputs, targets); got {len(tensors)} tensors per sample")
-    names, shapes, sizes, w0, buffers, mask, dev, dtype = flat_parameters(model, params, device)
+    flat = flat_model(model, params, device)
+    w0, buffers, mask, dev, dtype, names = flat.w0, flat.buffers, flat.mask, flat.device, flat.dtype, flat.names
+    check_data({"inputs": tensors[0], "targets": tensors[1]})
     x, y = (t.to(dev) if not t.is_floating_point() else t.to(device=dev, dtype=dtype) for t in tensors)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"need at least 2 samples (nβ = n/log n), got {n}")
-
-    def unflatten(w: Tensor) -> dict[str, Tensor]:
-        return {k: v.reshape(s) for k, v, s in zip(names, torch.split(w, sizes), shapes)}
+    unflatten = flat.unflatten
 
     def loss_on(w: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
         # eval mode (dropout off, batch-norm running statistics): the loss is a function of w, as the
         # behavioral reference f(x; w*) is; the caller's mode is restored
-        was = model.training
-        if was:
-            model.eval()
-        try:
+        with eval_mode(model):
             return loss_fn(functional_call(model, (unflatten(w), buffers), (xb,)), yb)
-        finally:
-            if was:
-                model.train(True)
 
     def full_loss(w: Tensor) -> Tensor:
         return loss_on(w, x, y)
@@ -242,54 +129,8 @@ def model_problem(
                         repr(model).encode()).hexdigest()[:16], num_samples=n, dim=int(w0.numel()))
 
     return _Problem(loss_on, full_loss, w0, mask, n, True, (x, y), names, description, identity=identity,
-                    check=lambda: _probe(loss_on, w0, x, y))
-
-
-def _probe(loss_on: Callable[..., Tensor], w0: Tensor, x: Tensor, y: Tensor) -> None:
-    """Evaluate the loss once on a few rows and turn the usual mistakes into errors naming cause and fix:
-    a model that cannot take the inputs (integer inputs to a float model), a loss that is not a scalar,
-    is detached from the parameters, or sums over the batch instead of averaging."""
-    n = x.shape[0]
-    m = min(32, n // 2)
-    w = w0.detach().clone().requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            value = loss_on(w, x[:m], y[:m])
-    except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        text = str(e)
-        if not x.is_floating_point() and any(k in text for k in ("dtype", "Long", "Int", "expected scalar type", "Byte")):
-            raise TypeError(
-                f"the model cannot take the inputs: they have integer dtype {x.dtype} while the model computes in "
-                f"{w0.dtype} ({type(e).__name__}: {text[:160]}); convert the inputs with x.to({w0.dtype}) — integer "
-                "inputs suit only models that embed token ids") from e
-        raise ValueError(f"evaluating loss_fn(model(x), y) at w* failed ({type(e).__name__}: {text[:300]}); check that the "
-                         "model takes the inputs of `data` and loss_fn takes (prediction, target)") from e
-    if not isinstance(value, Tensor):
-        raise TypeError(f"loss_fn must return a torch scalar tensor (the mean loss over the batch), got "
-                        f"{type(value).__name__}; return a tensor built from the prediction (no .item() or float())")
-    if value.numel() != 1:
-        raise ValueError(f"loss_fn returned a tensor of shape {tuple(value.shape)}, not a scalar: it must return the MEAN "
-                         "loss over the batch; reduce it with .mean() (or reduction='mean' for torch losses)")
-    if not value.requires_grad:
-        raise ValueError(
-            "loss_fn's value does not depend on the parameters through autograd (it is detached: .detach(), "
-            ".item(), torch.no_grad() or numpy inside loss_fn or the model), so SGLD has no gradient to follow; "
-            "compute the loss with differentiable torch operations on the model's output")
-    if m < 2:
-        return
-    # sum or mean? For a loss summed over the batch L(A ∪ B) = L(A) + L(B); for a mean, (L(A) + L(B))/2.
-    # Probed at a point near w* where the loss is not zero (an interpolating w* has L = 0 on every batch).
-    g = torch.Generator(device="cpu").manual_seed(0)
-    wp = w0.detach() + 1e-2 * (w0.detach().abs() + 1e-2) * torch.randn(w0.shape, generator=g, dtype=w0.dtype).to(w0.device)
-    with torch.no_grad():
-        a, b, c = (float(loss_on(wp, x[s], y[s]).double()) for s in (slice(0, m), slice(m, 2 * m), slice(0, 2 * m)))
-    scale = abs(c)
-    if scale > 0 and math.isfinite(scale) and abs(c - (a + b)) <= 1e-4 * scale and abs(c - (a + b) / 2) > 1e-2 * scale:
-        raise ValueError(
-            "loss_fn sums over the batch instead of averaging (its value on 2m samples is the sum of its values on the "
-            "two halves): the estimators need the MEAN loss L_n = (1/n)·Σ ℓ_i. A summed loss is n times the mean, so "
-            "nβ·L is n times too steep — the chains diverge for any reasonable step size and λ̂ would be off by that "
-            "factor; divide by the batch size (use .mean(), or reduction='mean' for torch losses)")
+                    check=lambda: probe_loss(model, unflatten(w0), buffers, loss_fn, (x, y), in_eval_mode=True,
+                                             need_grad=True))
 
 
 def potential_problem(fn: Callable[[Tensor], Tensor], dim: int, num_samples: int, *, dtype=torch.float64, device=None) -> _Problem:

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ._adaptive import ConvergenceTargets
-from ._chains import ParamSelection, _Problem, materialize, model_problem
+from ._chains import _Problem, model_problem
+from .input_checks import ParamSelection, materialize
 from ._minimum_check import check_on_nonminimum
 from ._streaming import is_batch_stream, streaming_problem
 from ._threads import choose_num_threads

@@ -27,7 +27,8 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from . import _checkpoint
-from ._chains import ParamSelection, _Problem, flat_parameters
+from ._chains import _Problem
+from .input_checks import ParamSelection, check_data, eval_mode, flat_model, probe_loss
 
 Batch = Any  # a tuple/list of tensors or a dict of tensors (and other values)
 
@@ -99,26 +100,22 @@ def _to(batch: Batch, device, dtype) -> Batch:
 def streaming_problem(model: nn.Module, loss_fn: Callable | None, data, *, params: ParamSelection = None,
                       device=None, batch_size: int | None = None, description: str = "") -> tuple[_Problem, int]:
     """The sampling problem over a stream of batches, and the typical batch size."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    flat = flat_model(model, params, device)
+    w0, buffers, mask, dev, dtype, names = flat.w0, flat.buffers, flat.mask, flat.device, flat.dtype, flat.names
     batches = read_batches(data, batch_size)
     if loss_fn is None and not all(isinstance(b, Mapping) for b in batches):
         raise ValueError("loss_fn=None takes the loss from the model output (`.loss`), which needs dict batches; pass "
                          "loss_fn(prediction, target) for (inputs, targets) batches")
-    names, shapes, sizes, w0, buffers, mask, dev, dtype = flat_parameters(model, params, device)
     counts = [_batch_size_of(b) for b in batches]
     n = sum(counts)
     if n < 2:
         raise ValueError(f"need at least 2 samples (nβ = n/log n), got {n}")
 
-    def unflatten(w: Tensor) -> dict[str, Tensor]:
-        return {k: v.reshape(s) for k, v, s in zip(names, torch.split(w, sizes), shapes)}
+    unflatten = flat.unflatten
 
     def loss_on(w: Tensor, batch: Batch) -> Tensor:
         b = _to(batch, dev, dtype)
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             if isinstance(b, Mapping):
                 out = functional_call(model, (unflatten(w), buffers), args=(), kwargs=dict(b))
                 if loss_fn is not None:
@@ -132,8 +129,6 @@ def streaming_problem(model: nn.Module, loss_fn: Callable | None, data, *, param
                 return loss
             x, *rest = b
             return loss_fn(functional_call(model, (unflatten(w), buffers), (x,)), *rest)
-        finally:
-            model.train(was)
 
     def full_loss(w: Tensor) -> Tensor:
         return sum((c / n) * loss_on(w, b) for c, b in zip(counts, batches))
@@ -161,6 +156,15 @@ def streaming_problem(model: nn.Module, loss_fn: Callable | None, data, *, param
                     + hashlib.sha256(repr(model).encode()).hexdigest()[:16], num_samples=n, dim=int(w0.numel()))
 
     def check() -> None:
+        # the one validator (``_model_data``): every tuple batch's tensors (rows, NaN/inf named), and the
+        # loss probed on the first batch (takes the inputs, deterministic, a scalar MEAN, attached)
+        for i, b in enumerate(batches):
+            if not isinstance(b, Mapping):
+                check_data({f"batch {i}[{k}]": t for k, t in enumerate(b)})
+        if not isinstance(batches[0], Mapping):
+            first = _to(batches[0], dev, dtype)
+            probe_loss(model, unflatten(w0), buffers, loss_fn, first, in_eval_mode=True, need_grad=True)
+            return
         w = w0.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             value = loss_on(w, batches[0])

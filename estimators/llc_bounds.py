@@ -11,12 +11,12 @@ from fractions import Fraction
 from typing import Callable
 
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch import nn
 
 from .curvature import HessianOperator
 from .flat import Params
 from .higher_order import sharpen_bounds
+from .input_checks import materialize
 from .lanczos import lanczos
 from .llc_bounds_result import LLCBounds, NotAMinimumError, NotAMinimumWarning
 from .model_losses import DataLoss, training_loss
@@ -35,23 +35,6 @@ def _nonnegative(name: str, value) -> None:
         raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
 
 
-def _data_tensors(data) -> tuple[Tensor, Tensor]:
-    """(inputs, targets) from a pair of tensors, a TensorDataset or a DataLoader of (input, target) pairs."""
-    if isinstance(data, DataLoader):
-        batches = list(data)
-        if not batches or not all(isinstance(b, (tuple, list)) and len(b) == 2 for b in batches):
-            raise TypeError("a DataLoader passed to llc_bounds must yield (inputs, targets) batches")
-        return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    if isinstance(data, TensorDataset):
-        data = data.tensors
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        return data[0], data[1]
-    raise TypeError(
-        "data must be (inputs, targets) tensors, a TensorDataset or a DataLoader of (inputs, targets) batches, "
-        f"got {type(data).__name__}"
-    )
-
-
 def _as_loss_and_params(loss, params, data, batch_size):
     """Normalise the three accepted inputs to (loss, params) (see :func:`llc_bounds`)."""
     if isinstance(loss, nn.Module):
@@ -60,8 +43,10 @@ def _as_loss_and_params(loss, params, data, batch_size):
                 "llc_bounds(model, loss_fn, data): pass the loss function loss_fn(prediction, target) second and "
                 "the data (inputs, targets) third, as for estimate_llc"
             )
-        inputs, targets = _data_tensors(data)
-        return training_loss(loss, params, inputs, targets, batch_size=batch_size)
+        tensors, loader_batch = materialize(data)  # the samplers' reader: tensors, a Dataset or a DataLoader
+        if len(tensors) != 2:
+            raise TypeError(f"data must hold (inputs, targets); got {len(tensors)} tensors per sample")
+        return training_loss(loss, params, *tensors, batch_size=batch_size if batch_size is not None else loader_batch)
     if data is not None or batch_size is not None:
         raise TypeError("data= and batch_size= are for llc_bounds(model, loss_fn, data); a loss already holds its data")
     if not callable(loss):
@@ -109,7 +94,7 @@ def llc_bounds(
     with any ``loss(params) -> scalar``; ``llc_bounds(data_loss)`` with a :class:`DataLoss` from
     :func:`slt_interp.estimators.training_loss` / :func:`slt_interp.estimators.behavioral_loss` (w* = the
     model's parameters); or ``llc_bounds(model, loss_fn, data)`` with ``data`` = (inputs, targets), a
-    ``TensorDataset`` or a ``DataLoader`` of such pairs (the training loss, evaluated in batches of
+    ``Dataset`` or a ``DataLoader`` of such pairs (the training loss, evaluated in batches of
     ``batch_size``).
 
     The rank is the number of eigenvalues above an explicit threshold τ, and the result's ``target``
@@ -147,7 +132,8 @@ def llc_bounds(
             ``loss_fn`` and ``data`` the data set).
         params: w*, a Tensor or a dict of Tensors; ``None`` for a DataLoss (its model's parameters);
             ``loss_fn(prediction, target)`` (mean over the batch) when ``loss`` is a model.
-        data: (inputs, targets), a TensorDataset or a DataLoader, only when ``loss`` is a model.
+        data: (inputs, targets), a Dataset or a DataLoader (as for :func:`slt_interp.estimators.estimate_llc`), only when ``loss`` is
+            a model; a DataLoader's batch size is the evaluation batch size unless ``batch_size`` is given.
         order: 2 (Hessian) or 4 (plus the quartic on the null space).
         threshold: τ, absolute; overrides ``rtol`` and ``num_samples``.
         rtol: τ relative to max|λ|; overrides ``num_samples``.

@@ -57,7 +57,8 @@ from torch import Tensor, nn
 
 from . import _checkpoint
 from ._adaptive import ConvergenceTargets, drive
-from ._chains import ParamSelection, SGLDDivergenceError, _ChainLoop, _Problem, _Run, materialize, potential_problem
+from ._chains import SGLDDivergenceError, _ChainLoop, _Problem, _Run, potential_problem
+from .input_checks import ParamSelection, materialize
 from ._minimum_check import below_baseline_message, gradient_at_centre, report, slope_message
 from ._setup import RunSettings, _check_positive_int, _prepare, _settings, run_settings
 from ._threads import choose_num_threads, intra_op_threads

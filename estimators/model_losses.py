@@ -15,8 +15,8 @@ curvature operators sum per-batch products for data sets that do not fit one bat
 Models are evaluated through :func:`torch.func.functional_call`; buffers (e.g. batch-norm statistics)
 are held fixed at their current values.
 
-This module is the single validator of a model and its data (:class:`DataLoss` checks itself when it
-is built): data tensors must have matching rows and be finite, floating inputs must have the model's
+A :class:`DataLoss` checks itself when it is built, with the package's one validator (shared with the
+samplers, :mod:`slt_interp.estimators.input_checks`): data tensors must have matching rows and be finite, floating inputs must have the model's
 dtype, the model must be deterministic (no dropout or batch norm in train mode: call ``model.eval()``)
 and the loss must be a mean over the batch (the batched sum Σ_b (n_b/n)·ℓ_b is the full-batch value
 only then). The behavioral reference outputs are computed once, in eval mode
@@ -24,7 +24,6 @@ only then). The behavioral reference outputs are computed once, in eval mode
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .input_checks import check_batch_size, check_data, check_model, forward, probe_loss
 from .losses import behavioral_kl, behavioral_mse
 
 __all__ = ["DataLoss", "training_loss", "behavioral_loss", "reference_outputs"]
@@ -68,7 +68,7 @@ class DataLoss:
 
     def __post_init__(self) -> None:
         _check_model_data(self.model, {f"data[{i}]": t for i, t in enumerate(self.data)}, self.batch_size)
-        _probe_batch_loss(self)
+        probe_loss(self.model, self.parameters(), self.buffers, self.batch_loss, self.data)
 
     @property
     def num_samples(self) -> int:
@@ -139,126 +139,14 @@ class DataLoss:
         return total
 
 
-# layers whose train-mode output is random (dropout) or depends on the whole batch (batch norm)
-_MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
-
-
 def _check_model_data(
     model: nn.Module, tensors: dict[str, Tensor], batch_size: int | None, *, check_mode: bool = True
 ) -> dict[str, Tensor]:
-    """The one validator of a model and its data.
-
-    ``check_mode=False`` skips the train-mode check (for :func:`reference_outputs`, which evaluates in
-    eval mode itself).
-
-    Returns:
-        w* = ``{name: parameter}`` (detached).
-
-    Raises:
-        TypeError: not a module, a non-tensor, or floating inputs of another dtype than the model.
-        ValueError: no (trainable) parameters, a random model in train mode, bad rows, NaN/inf, bad
-            batch size.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    named = dict(model.named_parameters())
-    if not named:
-        raise ValueError("the model has no parameters: there is nothing to take the curvature of")
-    if not any(p.requires_grad for p in named.values()):
-        raise ValueError(
-            "all parameters of the model have requires_grad=False: nothing can be differentiated; call "
-            "model.requires_grad_(True) (the parameters are not modified)"
-        )
-    params = {name: p.detach() for name, p in named.items()}
-    dtype = next(iter(params.values())).dtype
-    if check_mode and model.training:
-        random = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _MODE_DEPENDENT)})
-        if random:
-            raise ValueError(
-                f"the model is in train mode and has {', '.join(random)} layers: its outputs are random (dropout) "
-                "or depend on the batch (batch norm), so losses, curvature and bounds at w* are not well defined; "
-                "call model.eval() first"
-            )
-    n = None
-    for label, t in tensors.items():
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{label} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() == 0:
-            raise ValueError(f"{label} must have a leading data dimension, got a scalar")
-        if n is None:
-            n = t.shape[0]
-        elif t.shape[0] != n:
-            raise ValueError(f"{label} has {t.shape[0]} rows but the inputs have {n}: pass matching data")
-        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise ValueError(
-                f"{label} contains {bad} NaN or inf entries: the loss and its curvature would be NaN; remove or "
-                "impute those rows before building the loss"
-            )
-    if n == 0:
-        raise ValueError("the data set is empty")
-    inputs = next(iter(tensors.values()))
-    if inputs.is_floating_point() and inputs.dtype != dtype:
-        raise TypeError(
-            f"the inputs are {inputs.dtype} but the model's parameters are {dtype}: convert one to the other "
-            f"(inputs.to({dtype}) or model.to({inputs.dtype}); float64 for exact checks)"
-        )
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None (one batch), got {batch_size!r}")
+    """:func:`check_model` + :func:`check_data` + :func:`check_batch_size`; returns w* (detached)."""
+    params = check_model(model, check_mode=check_mode)
+    check_data(tensors, next(iter(params.values())).dtype)
+    check_batch_size(batch_size)
     return params
-
-
-def _forward(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
-    """f(inputs; params), with a clear error when the model cannot be evaluated on these inputs."""
-    try:
-        return functional_call(model, {**params, **buffers}, (inputs,))
-    except RuntimeError as error:
-        hint = (
-            f" The inputs have integer dtype {inputs.dtype}: convert them to the parameters' dtype "
-            f"(inputs.to({next(iter(params.values())).dtype})) unless the model embeds integer tokens."
-            if not (inputs.is_floating_point() or inputs.is_complex()) else ""
-        )
-        raise TypeError(
-            f"the model cannot be evaluated on the inputs (shape {tuple(inputs.shape)}, dtype {inputs.dtype}): "
-            f"{str(error).splitlines()[0]}.{hint}"
-        ) from error
-
-
-def _probe_batch_loss(loss: "DataLoss") -> None:
-    """Evaluate the model and the batch loss on a few rows once: determinism, a scalar, mean reduction."""
-    params = loss.parameters()
-    rows = min(loss.num_samples, 4)
-    inputs, *rest = (t[:rows] for t in loss.data)
-    with torch.no_grad():
-        out = _forward(loss.model, params, loss.buffers, inputs)
-        again = _forward(loss.model, params, loss.buffers, inputs)
-        if isinstance(out, Tensor) and not torch.equal(out, again):
-            raise ValueError(
-                "the model's outputs differ between two evaluations at the same parameters (a random layer, e.g. "
-                "dropout, in train mode): curvature products would not be reproducible; call model.eval() first"
-            )
-        if not isinstance(out, Tensor) or not out.is_floating_point():
-            return  # outputs of another kind (e.g. a model-output object): the loss is checked when evaluated
-        # a deterministic perturbation makes the value non-zero even at an interpolating w*
-        pattern = torch.cos(torch.arange(1, out.numel() + 1, dtype=out.dtype, device=out.device)).reshape(out.shape)
-        z = out + 0.1 * (1 + out.abs()) * pattern
-        value = loss.batch_loss(z, *rest)
-        if not isinstance(value, Tensor):
-            raise TypeError(f"the loss must return a torch.Tensor, got {type(value).__name__} (do not call .item())")
-        if value.numel() != 1:
-            raise ValueError(
-                f"the loss must return a scalar (the mean over the batch), got shape {tuple(value.shape)}: use "
-                "reduction='mean' or take .mean() over the batch"
-            )
-        doubled = loss.batch_loss(torch.cat([z, z]), *(torch.cat([t, t]) for t in rest))
-        v1, v2 = float(value), float(doubled)
-        if math.isfinite(v1) and math.isfinite(v2) and v1 != 0 and abs(v2 - 2 * v1) < abs(v2 - v1):
-            raise ValueError(
-                "the loss sums over the batch (its value doubles when the batch is repeated twice, e.g. "
-                "reduction='sum'): the package's losses are means over the data — n_b/n batch weights, nβ·L_n in "
-                "the sampler — so a sum is off by the batch size; pass the mean (reduction='mean', or divide by "
-                "the number of rows)"
-            )
 
 
 def training_loss(
@@ -372,7 +260,7 @@ def reference_outputs(model: nn.Module, inputs: Tensor, *, batch_size: int | Non
     model.eval()
     try:
         with torch.no_grad():
-            outs = [_forward(model, params, buffers, inputs[s:s + size]) for s in range(0, inputs.shape[0], size)]
+            outs = [forward(model, params, buffers, inputs[s:s + size]) for s in range(0, inputs.shape[0], size)]
     finally:
         model.train(was_training)
     return torch.cat(outs).detach()

@@ -11,7 +11,7 @@ KW = dict(num_chains=2, num_draws=8, step_size=1e-3)
 
 def test_loss_returning_a_vector():
     model, x, y = linear_problem("cpu", n=64)
-    with pytest.raises(ValueError, match=r"shape \(32,\), not a scalar: it must return the MEAN.*\.mean\(\)"):
+    with pytest.raises(ValueError, match=r"shape \(32,\), not a scalar: it must return a scalar, the MEAN.*\.mean\(\)"):
         estimate_llc(model, lambda p, t: ((p - t) ** 2).sum(-1), (x, y), **KW)
     with pytest.raises(TypeError, match="must return a torch scalar tensor"):
         estimate_llc(model, lambda p, t: float(mse(p, t)), (x, y), **KW)

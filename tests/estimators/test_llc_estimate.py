@@ -191,7 +191,7 @@ def test_calibration_helper_and_gamma_check():
     assert cal.acceptance[i] >= 0.95 and all(not (a >= 0.95) for a in cal.acceptance[:i])
     assert cal.step_size == min(cal.acceptance_step_size, cal.bias_bound_step_size)
     # a flat direction (the loss ignores weight 2) with a tiny γ: the localization confines the chain
-    strong = calibrate_step_size(model, lambda p, t: _mse(p, t) * 0 + 1e-8 * p.sum() ** 2, (x, y),
+    strong = calibrate_step_size(model, lambda p, t: _mse(p, t) * 0 + 1e-8 * p.mean() ** 2, (x, y),
                                  pilot_steps=40, localization=1e3)
     assert any("localization" in w for w in strong.warnings)
 
