@@ -18,6 +18,7 @@ from .curvature import CurvatureOperator, GaussNewtonOperator, HessianOperator
 from .curvature_plots import plot_rank_curve, plot_spectrum
 from .lanczos import LanczosResult, lanczos
 from .llc_bounds import LLCBounds, NotAMinimumError, NotAMinimumWarning, llc_bounds
+from .distributed import ShardedLoss
 from .flat import FlatProblem, flatten
 from .model_losses import DataLoss, behavioral_loss, reference_outputs, training_loss
 from .rank_curve import RankCurve, rank_curve, rank_curve_vs_n, threshold_for_sample_size
@@ -41,6 +42,7 @@ __all__ = [
     "llc_bounds",
     "DataLoss",
     "FlatProblem",
+    "ShardedLoss",
     "behavioral_loss",
     "flatten",
     "reference_outputs",

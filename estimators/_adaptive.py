@@ -137,18 +137,23 @@ def drive(
     fingerprint: dict | None = None,
     resume: bool = False,
     on_divergence: Callable | None = None,
+    load_state: Callable[[], dict | None] | None = None,
+    agree: Callable[[bool], bool] | None = None,
+    keep_previous: bool = False,
 ) -> tuple[_Run, DriverRecord]:
     """Run the chains to convergence (or fixed lengths) and return the raw run and the driver record.
 
     ``on_divergence(run, step, chains, reason, step_size)`` is called (and must raise) on a divergence
-    that is not backed off.
+    that is not backed off. A distributed run (:mod:`slt_interp.estimators._rank_loop`) passes
+    ``load_state`` (the checkpoint every process can resume from), ``agree`` (one wall-clock decision
+    for all processes) and ``keep_previous`` (two checkpoint generations per process).
     """
     ckpt = checkpoint_path
     rec = DriverRecord(burnin_end=-1, step_size=float(step_size), backoffs=[], converged=False, unmet=[], steps_total=0)
     phase, chunk_end = "burnin", None
     loop = make_loop(rec.step_size)
     if ckpt is not None and resume:
-        state = _checkpoint.load(ckpt, fingerprint, _STATE_KEYS + ("driver",))
+        state = load_state() if load_state is not None else _checkpoint.load(ckpt, fingerprint, _STATE_KEYS + ("driver",))
         if state is not None:
             drv = state["driver"]
             rec = DriverRecord(**{k: drv[k] for k in asdict(rec)})
@@ -168,7 +173,7 @@ def drive(
             return
         drv = dict(asdict(rec), phase=phase, chunk_end=chunk_end)
         drv["steps_total"] = spent + loop.t
-        _checkpoint.save(ckpt, fingerprint, dict(loop.state_dict(), driver=drv))
+        _checkpoint.save(ckpt, fingerprint, dict(loop.state_dict(), driver=drv), keep_previous=keep_previous)
         last_save[0] = time.monotonic()
 
     def llc_dist(start: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,7 +211,7 @@ def drive(
                     chunk_end = loop.t + (_next_chunk(llc, targets) if llc.shape[1] >= 8 else 100)
         budget = targets.max_steps - spent
         if loop.t >= budget or (targets.max_seconds is not None and time.monotonic() - t0 > targets.max_seconds):
-            break
+            break  # (max_seconds is refused for distributed runs: the processes would stop at different steps)
         chunk_end = min(chunk_end, budget)
         every = checkpoint_every or 50
         steps = min(every - loop.t % every, chunk_end - loop.t)
@@ -234,8 +239,10 @@ def drive(
         if loop.t >= chunk_end:
             chunk_end = None
             healthy = loop.state_dict()
-        if ckpt is not None and (checkpoint_every or time.monotonic() - last_save[0] > 60.0):
-            save()
+        if ckpt is not None:
+            due = bool(checkpoint_every) or time.monotonic() - last_save[0] > 60.0
+            if agree(due) if agree is not None else due:
+                save()
     ran_out = phase == "burnin"
     if ran_out:  # the budget ran out during burn-in: keep the second half as draws
         rec.burnin_end = loop.t // 2

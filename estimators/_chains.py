@@ -207,7 +207,10 @@ class _ChainLoop:
 
     def __init__(self, problem: _Problem, *, num_chains: int, step_size: float | Tensor, localization: float,
                  nbeta: float, batch_size: int, seed: int, mala_every: int, divergence_threshold: float,
-                 noise_scale: float = 1.0, sampler: str = "sgld", stop_on_divergence: bool = True):
+                 noise_scale: float = 1.0, sampler: str = "sgld", stop_on_divergence: bool = True,
+                 chains: Sequence[int] | None = None):
+        # ``chains``: which of the ``num_chains`` chains spawned from ``seed`` this loop runs (default all);
+        # a process of a distributed run holds a slice of them (:mod:`slt_interp.estimators.distributed`)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
         self.problem, self.num_chains, self.nbeta = problem, num_chains, nbeta
@@ -219,6 +222,9 @@ class _ChainLoop:
         w0 = problem.w0
         self.dev, self.dtype, self.d = w0.device, w0.dtype, w0.numel()
         seeds = _chain_seeds(seed, num_chains)
+        if chains is not None:
+            seeds = [seeds[c] for c in chains]
+            num_chains = self.num_chains = len(seeds)
         self.gens = [torch.Generator(device=self.dev).manual_seed(s[0]) for s in seeds]
         self.streamed = problem.chain_value_and_grad is not None
         if self.streamed and self.mala:

@@ -128,10 +128,21 @@ def check_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def save(path: Path, fp: Mapping[str, Any], state: Mapping[str, Any]) -> None:
-    """Write ``state`` with the fingerprint atomically (temporary file, then rename)."""
+def previous(path: Path) -> Path:
+    """Where :func:`save` with ``keep_previous`` keeps the generation before the current one."""
+    return path.with_name(path.name + ".previous")
+
+
+def save(path: Path, fp: Mapping[str, Any], state: Mapping[str, Any], *, keep_previous: bool = False) -> None:
+    """Write ``state`` with the fingerprint atomically (temporary file, then rename).
+
+    ``keep_previous``: the file it replaces is kept as :func:`previous` (renamed, also atomic), so a
+    process killed while saving still has its last two generations.
+    """
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"format": FORMAT, "version": VERSION, "fingerprint": dict(fp), **state}, tmp)
+    if keep_previous and path.exists():
+        os.replace(path, previous(path))
     os.replace(tmp, path)
 
 

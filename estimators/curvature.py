@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
+from .distributed import ShardedLoss, broadcast_object
 from .flat import FlatProblem, Params, check_loss_value, flatten, unflatten
 from .model_losses import DataLoss
 
@@ -142,13 +143,33 @@ class CurvatureOperator:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if not callable(loss):
             raise TypeError(f"loss must be callable as loss(params) -> scalar, got {type(loss).__name__}")
+        # data parallel: products are taken on this process's shard and all-reduced (``_reduce``)
+        self.sharded = loss if isinstance(loss, ShardedLoss) else None
+        if self.sharded is not None:
+            loss = self.sharded.shard
         self.problem = flatten(loss, params)
         # once, up front: a scalar, finite, differentiable loss (data were checked by DataLoss)
         self.value = check_loss_value(self.problem)
+        if self.sharded is not None:
+            self.value = self.sharded.reduce(self.value)
         CurvatureOperator.__init__(self, self.problem.dim, self.problem.w0.dtype, self.problem.w0.device)
         self.loss = loss
         self.mode = mode
         self.chunk_size = chunk_size
+
+    def _reduce(self, local: Tensor) -> Tensor:
+        """The full-data product from this process's (Σ_r (n_r/n)·local_r for a ShardedLoss; else itself)."""
+        return local if self.sharded is None else self.sharded.reduce(local)
+
+    def _agree(self, mode: str) -> str:
+        """One mode for every process of a sharded loss: rank 0's timing decides.
+
+        The products are exact in either mode, but the processes must make the same collective calls.
+
+        Returns:
+            The mode every process uses.
+        """
+        return mode if self.sharded is None else broadcast_object(mode)
 
 
 def _terms(loss: Callable, problem: FlatProblem) -> list[tuple[float, Callable[[Tensor], Tensor]]]:
@@ -214,8 +235,8 @@ class HessianOperator(CurvatureOperator):
 
     def _matmat(self, V: Tensor) -> Tensor:
         if self.mode == "auto":
-            self.mode = self._choose_mode(V[:, :1])
-        return self._sum(V, self.mode)
+            self.mode = self._agree(self._choose_mode(V[:, :1]))
+        return self._reduce(self._sum(V, self.mode))
 
     def _choose_mode(self, probe: Tensor) -> str:
         """The faster exact mode on this model and device, from timing both twice on one column.
@@ -256,7 +277,7 @@ class HessianOperator(CurvatureOperator):
         for weight, fn in self._terms:
             term = grad(fn)(self.problem.w0) * weight
             out = term if out is None else out + term
-        return out.detach()
+        return self._reduce(out.detach())
 
 
 class GaussNewtonOperator(CurvatureOperator):
@@ -285,7 +306,7 @@ class GaussNewtonOperator(CurvatureOperator):
     """
 
     def __init__(self, loss: DataLoss, params: Params, *, mode: str = "auto", chunk_size: int | None = None):
-        if not isinstance(loss, DataLoss):
+        if not isinstance(loss, (DataLoss, ShardedLoss)):
             raise TypeError(
                 "GaussNewtonOperator needs a DataLoss (build it with slt_interp.estimators.behavioral_loss or "
                 f"slt_interp.estimators.training_loss), got {type(loss).__name__}; for a plain callable use HessianOperator"
@@ -339,13 +360,13 @@ class GaussNewtonOperator(CurvatureOperator):
                     out = self._sum(V, "reverse")
                 except Exception as reverse_error:
                     raise reverse_error from forward_error
-                self.mode = "reverse"
-                return out
+                self.mode = self._agree("reverse")
+                return self._reduce(out)
             # both modes are exact; which is faster depends on the model and the device (on CPU
             # reverse-over-reverse often wins): time the second once and keep the faster for good
             start = time.perf_counter()
             self._sum(V, "reverse")
             self.num_matvecs += V.shape[1]  # the timing product is real work: count it
-            self.mode = "reverse" if time.perf_counter() - start < forward_seconds else "forward"
-            return out
-        return self._sum(V, self.mode)
+            self.mode = self._agree("reverse" if time.perf_counter() - start < forward_seconds else "forward")
+            return self._reduce(out)
+        return self._reduce(self._sum(V, self.mode))

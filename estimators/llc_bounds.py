@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .curvature import HessianOperator
+from .distributed import ShardedLoss
 from .flat import Params
 from .higher_order import sharpen_bounds
 from .input_checks import materialize
@@ -52,7 +53,7 @@ def _as_loss_and_params(loss, params, data, batch_size):
     if not callable(loss):
         raise TypeError(f"loss must be callable (loss(params) -> scalar), a DataLoss or an nn.Module, got {type(loss).__name__}")
     if params is None:
-        if isinstance(loss, DataLoss):
+        if isinstance(loss, (DataLoss, ShardedLoss)):
             return loss, loss.parameters()
         raise TypeError("params (w*) is required for a plain loss callable: llc_bounds(loss, params)")
     return loss, params
@@ -160,6 +161,7 @@ def llc_bounds(
         ValueError: unsupported ``order``, ``method``, ``on_nonminimum``, negative threshold, a bad
             ``num_samples``, invalid params or data (NaN/inf, mismatched rows), a non-scalar loss.
         NotAMinimumError: with ``on_nonminimum="raise"`` at a non-minimum (a ValueError).
+        NotImplementedError: ``order=4`` with a :class:`~slt_interp.estimators.ShardedLoss`.
 
     Example:
         >>> b = llc_bounds(lambda w: w[0] ** 2 + (w[1] * w[2]) ** 2, torch.zeros(3, dtype=torch.float64))
@@ -189,6 +191,10 @@ def llc_bounds(
     elif nbeta is not None:
         raise ValueError("nbeta sets the threshold from num_samples: pass num_samples=n as well (or threshold=)")
     loss, params = _as_loss_and_params(loss, params, data, batch_size)
+    if order == 4 and isinstance(loss, ShardedLoss):
+        raise NotImplementedError("order=4 with a ShardedLoss: the quartic analysis differentiates the loss four times "
+                                  "and is not data parallel; use order=2 (Hessian-rank bounds, sharded), or give one "
+                                  "process the whole data set for order=4")
     generator = torch.Generator().manual_seed(0) if generator is None else generator
     op = HessianOperator(loss, params, mode=mode)  # validates params, data and the loss value
     problem = op.problem

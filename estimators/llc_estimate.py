@@ -55,15 +55,16 @@ from typing import Callable, Literal, Mapping
 import torch
 from torch import Tensor, nn
 
-from . import _checkpoint
+from . import _checkpoint, _rank_loop
 from ._adaptive import ConvergenceTargets, drive
-from ._chains import SGLDDivergenceError, _ChainLoop, _Problem, _Run, potential_problem
-from .input_checks import ParamSelection, materialize
+from ._chains import _STATE_KEYS, SGLDDivergenceError, _ChainLoop, _Problem, _Run, potential_problem
 from ._minimum_check import below_baseline_message, gradient_at_centre, report, slope_message
 from ._setup import RunSettings, _check_positive_int, _prepare, _settings, run_settings
 from ._threads import choose_num_threads, intra_op_threads
 from .calibration import StepSizeCalibration, _calibrate
 from .diagnostics import effective_sample_size, geweke_z, mean_std_err, split_rhat
+from .distributed import broadcast_object, chain_block, process_group
+from .input_checks import ParamSelection, materialize
 from .losses import behavioral_kl, behavioral_mse
 from .model_losses import DataLoss, reference_outputs
 
@@ -116,6 +117,7 @@ class SGLDSettings:
         initial_step_size: the step before any back-off.
         steps_total: all steps per chain, back-offs included.
         requested: the frozen ``RunSettings`` (validated before the run) the run was made from.
+        num_processes: the ``torch.distributed`` processes the chains were spread over (1: one process).
     """
 
     num_chains: int
@@ -141,6 +143,7 @@ class SGLDSettings:
     initial_step_size: float = math.nan
     steps_total: int = 0
     requested: RunSettings | None = field(default=None, repr=False)
+    num_processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,7 @@ def _estimate(
     loss_name: str,
     noise_scale: float = 1.0,
     targets: ConvergenceTargets | None = None,
+    distributed: bool | None = None,
 ) -> LLCEstimate:
     cfg = run_settings(problem, s, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
                        step_size=step_size, mala_every=mala_every, checkpoint_every=checkpoint_every,
@@ -361,12 +365,20 @@ def _estimate(
         raise ValueError("resume=True needs checkpoint_path (the file the interrupted run saved)")
     batch = cfg.batch_size if problem.has_data else 1
     threads = choose_num_threads(problem.w0.device, cfg.num_chains * batch * problem.num_sampled, cfg.num_threads)
+    group = process_group(distributed)
+    if group is not None and cfg.targets.max_seconds is not None:
+        raise ValueError("max_seconds cannot be used in a distributed run: each process would stop at a different "
+                         "step; give max_steps (reproducible) instead")
     with intra_op_threads(threads):
-        return _estimate_in(problem, cfg, checkpoint_path=checkpoint_path, resume=resume, loss_name=loss_name)
+        return _estimate_in(problem, cfg, checkpoint_path=checkpoint_path, resume=resume, loss_name=loss_name,
+                            group=group)
 
 
-def _estimate_in(problem: _Problem, cfg: RunSettings, *, checkpoint_path, resume, loss_name) -> LLCEstimate:
+def _estimate_in(problem: _Problem, cfg: RunSettings, *, checkpoint_path, resume, loss_name, group=None) -> LLCEstimate:
     ckpt = _checkpoint.check_path(checkpoint_path) if checkpoint_path is not None else None
+    chains = chain_block(cfg.num_chains, group.rank, group.size) if group is not None else None
+    if group is not None and ckpt is not None:
+        ckpt = _rank_loop.checkpoint_path(ckpt, group)
     problem.check()
     slope = gradient_at_centre(problem, cfg.nbeta, cfg.localization)
     prior_warnings: tuple[str, ...] = ()
@@ -379,11 +391,15 @@ def _estimate_in(problem: _Problem, cfg: RunSettings, *, checkpoint_path, resume
         calibration = _calibrate(problem, nbeta=cfg.nbeta, localization=cfg.localization, batch_size=cfg.batch_size,
                                  seed=cfg.seed, divergence_threshold=cfg.divergence_threshold, sampler=cfg.sampler)
         step_size = calibration.step_size
+        if group is not None:  # every process calibrated from the same seed; rank 0's value makes sure
+            step_size = broadcast_object(step_size)
 
     def make_loop(eps: float) -> _ChainLoop:
-        return _ChainLoop(problem, num_chains=cfg.num_chains, step_size=eps, localization=cfg.localization,
+        loop = _ChainLoop(problem, num_chains=cfg.num_chains, step_size=eps, localization=cfg.localization,
                           nbeta=cfg.nbeta, batch_size=cfg.batch_size, seed=cfg.seed, mala_every=cfg.mala_every,
-                          divergence_threshold=cfg.divergence_threshold, noise_scale=cfg.noise_scale, sampler=cfg.sampler)
+                          divergence_threshold=cfg.divergence_threshold, noise_scale=cfg.noise_scale, sampler=cfg.sampler,
+                          chains=chains)
+        return loop if group is None else _rank_loop.RankLoop(loop, group, chains, cfg.num_chains)
 
     def on_divergence(run: _Run, step: int, chains: tuple[int, ...], reason: str, eps: float, rec) -> None:
         healthy = torch.tensor([c not in chains for c in range(cfg.num_chains)])
@@ -405,14 +421,23 @@ def _estimate_in(problem: _Problem, cfg: RunSettings, *, checkpoint_path, resume
             partial=part, step=step, chains=chains,
         )
 
-    fp = _checkpoint.fingerprint(problem.identity(), cfg.fingerprint_items(step_size)) if ckpt is not None else None
+    items = cfg.fingerprint_items(step_size)
+    if group is not None:
+        items["process"] = f"{group.rank} of {group.size}"
+    fp = _checkpoint.fingerprint(problem.identity(), items) if ckpt is not None else None
+    spread = {} if group is None or ckpt is None else dict(
+        load_state=lambda: _rank_loop.common_state(ckpt, fp, _STATE_KEYS + ("driver",)), agree=_rank_loop.agree,
+        keep_previous=True)
     run, rec = drive(make_loop, step_size=step_size, nbeta=cfg.nbeta, num_burnin=cfg.num_burnin,
                      num_draws=cfg.num_draws, targets=cfg.targets, backoff=calibration is not None, checkpoint_path=ckpt,
-                     checkpoint_every=cfg.checkpoint_every, fingerprint=fp, resume=resume, on_divergence=on_divergence)
+                     checkpoint_every=cfg.checkpoint_every, fingerprint=fp, resume=resume, on_divergence=on_divergence,
+                     **spread)
     est = _summarise(run, problem, cfg, num_burnin=rec.burnin_end, step_size=rec.step_size, loss_name=loss_name,
                      calibration=calibration, prior_warnings=prior_warnings, record=rec)
+    if group is not None:
+        est = replace(est, settings=replace(est.settings, num_processes=group.size))
     shown = [w for w in est.diagnostics.warnings if w not in prior_warnings and "not a local minimum" not in w]
-    if shown:  # the non-minimum warnings were already emitted as NotAMinimumWarning
+    if shown and (group is None or group.rank == 0):  # once per job, not once per process  # the non-minimum warnings were already emitted as NotAMinimumWarning
         warnings.warn(f"{est.settings.loss}: λ̂ = {est.mean:.4g} ± {est.std_err:.2g}"
                       + ("" if est.converged else " (NOT converged)") + ": " + "; ".join(shown),
                       LLCConvergenceWarning, stacklevel=4)
@@ -467,6 +492,7 @@ def estimate_llc(
     max_steps: int | None = None,
     max_seconds: float | None = None,
     targets: ConvergenceTargets | None = None,
+    distributed: bool | None = None,
 ) -> LLCEstimate:
     """SGLD estimate of the local learning coefficient of ``loss_fn(model(x), y)`` at w*.
 
@@ -539,6 +565,10 @@ def estimate_llc(
             ``repr``/``str`` and emitted as an :class:`LLCConvergenceWarning`. With a calibrated
             step size a divergence backs off (restart from the last healthy state with ε/√10,
             recorded in ``step_size_backoffs``) instead of failing.
+        distributed: spread the chains over the processes of a ``torch.distributed`` job
+            (:mod:`slt_interp.estimators.distributed`): ``None`` whenever a process group of more than
+            one process is initialised, ``True`` to require one, ``False`` for a separate estimate per
+            process. Every process gets the same estimate, chain for chain the single-process one.
 
     Returns:
         :class:`LLCEstimate`.
@@ -558,7 +588,7 @@ def estimate_llc(
     return _estimate(problem, s, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin, step_size=step_size,
                      mala_every=mala_every, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
                      resume=resume, loss_name=f"LLC of {problem.description}",
-                     targets=_targets(targets, max_steps, max_seconds))
+                     targets=_targets(targets, max_steps, max_seconds), distributed=distributed)
 
 
 def estimate_behavioral_llc(
@@ -625,7 +655,7 @@ def _targets(targets: ConvergenceTargets | None, max_steps, max_seconds) -> Conv
 def _run_kwargs(kwargs: dict) -> dict:
     allowed = {"num_chains": 4, "num_draws": None, "num_burnin": None, "step_size": None, "mala_every": 5,
                "checkpoint_path": None, "checkpoint_every": None, "resume": False, "max_steps": None,
-               "max_seconds": None, "targets": None}
+               "max_seconds": None, "targets": None, "distributed": None}
     unknown = set(kwargs) - set(allowed)
     if unknown:
         raise TypeError(f"unknown setting(s) {sorted(unknown)}; allowed: {sorted(allowed)} and nbeta, localization, "
