@@ -1,10 +1,12 @@
 """LLC chains and curvature products over the processes of a ``torch.distributed`` job.
 
-Launch the script with ``torchrun --nproc-per-node=k script.py`` (NCCL on GPUs, Gloo on CPUs) and call
-``torch.distributed.init_process_group()`` before the estimators; nothing else changes in the code.
+Launch the script with ``torchrun --nproc-per-node=k script.py`` (NCCL on GPUs, Gloo on CPUs), call
+``torch.distributed.init_process_group()`` and pass ``distributed=True`` to the estimators (the default,
+``False``, keeps every process on its own, so that an estimate on rank 0 only of a DDP job never waits for
+the other processes). See ``docs/distributed.md`` for launch commands.
 
-**Chains** (:func:`slt_interp.estimators.estimate_llc`, ``distributed=None`` = whenever a process group of
-more than one process is initialised): the C chains are split into k contiguous blocks, one per
+**Chains** (:func:`slt_interp.estimators.estimate_llc` / ``estimate_behavioral_llc`` with
+``distributed=True``): the C chains are split into k contiguous blocks, one per
 process. Every chain's noise and batch order are spawned from the one seed by its global index
 (``numpy.random.SeedSequence(seed).spawn(C)[c]``), so chain c draws the same numbers whichever process
 runs it. The run's control — burn-in and draw lengths, the convergence targets, step-size back-off —

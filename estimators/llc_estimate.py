@@ -356,7 +356,7 @@ def _estimate(
     loss_name: str,
     noise_scale: float = 1.0,
     targets: ConvergenceTargets | None = None,
-    distributed: bool | None = None,
+    distributed: bool | None = False,
 ) -> LLCEstimate:
     cfg = run_settings(problem, s, num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
                        step_size=step_size, mala_every=mala_every, checkpoint_every=checkpoint_every,
@@ -492,7 +492,7 @@ def estimate_llc(
     max_steps: int | None = None,
     max_seconds: float | None = None,
     targets: ConvergenceTargets | None = None,
-    distributed: bool | None = None,
+    distributed: bool | None = False,
 ) -> LLCEstimate:
     """SGLD estimate of the local learning coefficient of ``loss_fn(model(x), y)`` at w*.
 
@@ -565,10 +565,11 @@ def estimate_llc(
             ``repr``/``str`` and emitted as an :class:`LLCConvergenceWarning`. With a calibrated
             step size a divergence backs off (restart from the last healthy state with ε/√10,
             recorded in ``step_size_backoffs``) instead of failing.
-        distributed: spread the chains over the processes of a ``torch.distributed`` job
-            (:mod:`slt_interp.estimators.distributed`): ``None`` whenever a process group of more than
-            one process is initialised, ``True`` to require one, ``False`` for a separate estimate per
-            process. Every process gets the same estimate, chain for chain the single-process one.
+        distributed: ``True``: spread the chains over the processes of the initialised
+            ``torch.distributed`` process group (:mod:`slt_interp.estimators.distributed`); every process
+            must call with the same arguments and gets the same estimate, chain for chain the
+            single-process one. ``False`` (default): this process alone (e.g. on rank 0 only of a DDP
+            job). ``None``: distribute whenever a group of more than one process is initialised.
 
     Returns:
         :class:`LLCEstimate`.
@@ -655,7 +656,7 @@ def _targets(targets: ConvergenceTargets | None, max_steps, max_seconds) -> Conv
 def _run_kwargs(kwargs: dict) -> dict:
     allowed = {"num_chains": 4, "num_draws": None, "num_burnin": None, "step_size": None, "mala_every": 5,
                "checkpoint_path": None, "checkpoint_every": None, "resume": False, "max_steps": None,
-               "max_seconds": None, "targets": None, "distributed": None}
+               "max_seconds": None, "targets": None, "distributed": False}
     unknown = set(kwargs) - set(allowed)
     if unknown:
         raise TypeError(f"unknown setting(s) {sorted(unknown)}; allowed: {sorted(allowed)} and nbeta, localization, "

@@ -59,11 +59,11 @@ def _worker(rank: int, size: int, init: str, out: str, threads: int, cuda: bool)
     if cuda:
         model, x, y = model.cuda(), x.cuda(), y.cuda()
     run = dict(SETTINGS, num_draws=4, num_burnin=2)  # warm-up: imports, first vmap trace, allocator
-    estimate_llc(model, _mse, (x, y), num_chains=NUM_CHAINS, num_threads=threads, **run)
+    estimate_llc(model, _mse, (x, y), num_chains=NUM_CHAINS, num_threads=threads, distributed=size > 1, **run)
     if size > 1:
         torch.distributed.barrier()
     t0 = time.perf_counter()
-    est = estimate_llc(model, _mse, (x, y), num_chains=NUM_CHAINS, num_threads=threads, **SETTINGS)
+    est = estimate_llc(model, _mse, (x, y), num_chains=NUM_CHAINS, num_threads=threads, distributed=size > 1, **SETTINGS)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

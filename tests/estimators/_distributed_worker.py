@@ -12,6 +12,7 @@ from slt_interp.estimators import (
     HessianOperator,
     behavioral_loss,
     count_eigenvalues,
+    estimate_behavioral_llc,
     estimate_llc,
     llc_bounds,
     training_loss,
@@ -44,9 +45,9 @@ def fixed_run(num_chains: int, **kw):
     return estimate_llc(net, mse, (x, y), num_chains=num_chains, **FIXED, **kw)
 
 
-def adaptive_run():
+def adaptive_run(distributed: bool = False):
     net, x, y = problem()
-    return estimate_llc(net, mse, (x, y), num_chains=4, max_steps=200)
+    return estimate_llc(net, mse, (x, y), num_chains=4, max_steps=200, distributed=distributed)
 
 
 def curvature(rank: int | None, size: int):
@@ -83,18 +84,20 @@ def main(rank: int, size: int, out: str, init: str, checkpoint_dir: str) -> None
         torch.set_num_threads(1)
         result = {}
         for c in (size, 5):
-            est = fixed_run(c)
+            est = fixed_run(c, distributed=True)
             result[f"fixed{c}"] = dict(traces=est.loss_traces, burnin=est.burnin_traces, mean=est.mean,
                                        std_err=est.std_err, num_processes=est.settings.num_processes)
-        est = adaptive_run()
+        net, x, _ = problem()
+        result["behavioral"] = estimate_behavioral_llc(net, (x,), num_chains=3, distributed=True, **FIXED).loss_traces
+        est = adaptive_run(distributed=True)
         result["adaptive"] = dict(traces=est.loss_traces, mean=est.mean, std_err=est.std_err,
                                   step_size=est.settings.step_size, num_draws=est.settings.num_draws)
         # checkpoints: a short run, then a resumed longer one; and a resume where this process's newest
         # generation was lost (as if it was killed while saving)
         path = os.path.join(checkpoint_dir, "llc.pt")
-        fixed_run(4, checkpoint_path=path, checkpoint_every=10)
+        fixed_run(4, checkpoint_path=path, checkpoint_every=10, distributed=True)
         net, x, y = problem()
-        kw = dict(FIXED, num_draws=70)
+        kw = dict(FIXED, num_draws=70, distributed=True)
         est = estimate_llc(net, mse, (x, y), num_chains=4, checkpoint_path=path, resume=True, **kw)
         result["resumed"] = est.loss_traces
         mine = f"{path}.rank{rank}-of-{size}"
@@ -102,12 +105,15 @@ def main(rank: int, size: int, out: str, init: str, checkpoint_dir: str) -> None
         if rank == size - 1:  # lose the newest generation: keep only the one before it
             os.replace(mine, mine + ".previous")
         torch.distributed.barrier()
-        kw = dict(FIXED, num_draws=90)
+        kw = dict(FIXED, num_draws=90, distributed=True)
         est = estimate_llc(net, mse, (x, y), num_chains=4, checkpoint_path=path, resume=True, **kw)
         result["resumed_after_loss"] = est.loss_traces
         result["curvature"] = curvature(rank, size)
-        for name, call in (("few_chains", lambda: fixed_run(size - 1)),
-                           ("max_seconds", lambda: estimate_llc(net, mse, (x, y), max_seconds=5.0))):
+        if rank == 0:  # the default runs alone, e.g. an estimate on rank 0 only of a DDP job
+            result["rank0_alone"] = fixed_run(3).loss_traces
+        torch.distributed.barrier()
+        for name, call in (("few_chains", lambda: fixed_run(size - 1, distributed=True)),
+                           ("max_seconds", lambda: estimate_llc(net, mse, (x, y), max_seconds=5.0, distributed=True))):
             try:
                 call()
                 result[name] = "no error"
@@ -146,7 +152,7 @@ def killed_main(rank: int, size: int, init: str, path: str, kill_after: int, res
         _rank_loop.common_state = recorded
     net, x, y = problem()
     est = estimate_llc(net, mse, (x, y), num_chains=4, checkpoint_path=path, checkpoint_every=10, resume=resume,
-                       **FIXED)
+                       distributed=True, **FIXED)
     if rank == 0:
         torch.save(est.loss_traces, out)
     torch.distributed.destroy_process_group()

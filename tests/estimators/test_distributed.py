@@ -50,6 +50,14 @@ def test_chains_spread_over_processes_are_the_single_process_chains(ranks):
             assert got["std_err"] == pytest.approx(alone.std_err, rel=1e-6)
 
 
+def test_behavioral_chains_spread_over_processes(ranks):
+    _, results = ranks
+    net, x, _ = worker.problem()
+    alone = worker.estimate_behavioral_llc(net, (x,), num_chains=3, **worker.FIXED)
+    for r in results:
+        _same_chains(r["behavioral"], alone.loss_traces)
+
+
 def test_adaptive_defaults_agree_with_one_process(ranks):
     """Calibrated step size and adaptive lengths: the same decisions on every process, as alone."""
     _, results = ranks
@@ -87,6 +95,12 @@ def test_sharded_curvature_equals_the_full_data_products(ranks):
         assert "not data parallel" in got["order4"]
 
 
+def test_the_default_runs_alone_inside_a_process_group(ranks):
+    """distributed=False (the default): rank 0 alone can estimate (no collective waits for the others)."""
+    _, results = ranks
+    assert torch.equal(results[0]["rank0_alone"], worker.fixed_run(3).loss_traces)
+
+
 def test_refusals_name_the_fix(ranks):
     size, results = ranks
     for r in results:
@@ -97,7 +111,7 @@ def test_refusals_name_the_fix(ranks):
 def test_without_a_process_group_nothing_changes():
     from slt_interp.estimators.distributed import process_group
 
-    assert process_group(None) is None and process_group(False) is None
+    assert process_group(None) is None and process_group(False) is None  # alone, whatever is asked
     with pytest.raises(RuntimeError, match="init_process_group"):
         process_group(True)
     with pytest.raises(TypeError, match="distributed must be"):
