@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["SAEResult", "train_sae", "tune_to_l0", "mean_max_cosine"]
+__all__ = ["SAEResult", "bisect_coeff", "train_sae", "tune_to_l0", "mean_max_cosine"]
 
 
 @dataclass(frozen=True)
@@ -151,25 +151,31 @@ def _train(activations, n_latents, penalty, penalty_coeff, topk, steps, batch_si
                      topk, steps, lr, batch_size, seed)
 
 
-def tune_to_l0(train: Callable[[float], SAEResult], target_l0: float, *, lo: float = 1e-3, hi: float = 10.0,
-               iterations: int = 5) -> tuple[SAEResult, list[SAEResult]]:
-    """Bisect the penalty coefficient on a log scale so that L0 ≈ ``target_l0`` (L0 falls as it grows).
+def bisect_coeff(train: Callable[[float], Any], metric: Callable[[Any], float], target: float, *,
+                 lo: float, hi: float, iterations: int, increasing: bool) -> tuple[Any, list]:
+    """Bisect a penalty coefficient on a log scale so that ``metric(train(coeff))`` ≈ ``target``.
 
-    ``train(coeff)`` trains one SAE. Returns the run whose L0 is closest to the target (in log ratio)
-    and all runs.
+    ``increasing``: whether the metric grows with the coefficient (FVU does, L0 does not). Returns the
+    run closest to the target in log ratio, and all runs.
     """
     runs = []
-    log_lo, log_hi = math.log(lo), math.log(hi)
+    a, b = math.log(lo), math.log(hi)
     for _ in range(iterations):
-        mid = 0.5 * (log_lo + log_hi)
+        mid = 0.5 * (a + b)
         run = train(math.exp(mid))
         runs.append(run)
-        if run.l0 > target_l0:
-            log_lo = mid
+        if (metric(run) > target) == increasing:
+            b = mid
         else:
-            log_hi = mid
-    best = min(runs, key=lambda r: abs(math.log(max(r.l0, 1e-3) / target_l0)))
+            a = mid
+    best = min(runs, key=lambda r: abs(math.log(max(metric(r), 1e-4) / target)))
     return best, runs
+
+
+def tune_to_l0(train: Callable[[float], SAEResult], target_l0: float, *, lo: float = 1e-3, hi: float = 10.0,
+               iterations: int = 5) -> tuple[SAEResult, list[SAEResult]]:
+    """Bisect the penalty coefficient (:func:`bisect_coeff`) so that L0 ≈ ``target_l0`` (L0 falls as it grows)."""
+    return bisect_coeff(train, lambda r: r.l0, target_l0, lo=lo, hi=hi, iterations=iterations, increasing=False)
 
 
 def mean_max_cosine(true_dictionary: Tensor, decoder: Tensor) -> float:

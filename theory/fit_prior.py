@@ -4,8 +4,15 @@ Each family is fitted by maximum likelihood (scipy.stats, location fixed at 0) o
 exact zeros are a point mass whose weight π₀ is its maximum-likelihood estimate (the fraction of
 zeros), so the likelihood is π₀ at 0 and (1 − π₀)·f(a) elsewhere, w.r.t. δ₀ + Lebesgue. Families are
 ranked by the mean held-out log-likelihood per sample, with its standard error and the paired standard
-error of the gap to the best family. The best family's penalty is derived symbolically (with the
+error of the gap to the most likely family. The chosen family is the simplest one *nested* in the most
+likely (a special or limiting case of it, :data:`NESTED`) whose held-out gap is within its paired
+standard error: a parsimony rule, so that a two-parameter family that only matches its one-parameter
+special case is not preferred on noise. The chosen family's penalty is derived symbolically (with the
 point mass, an L0 term: spike-and-slab, docs/theory.md §4) and handed to torch.
+
+Degenerate fits are warned about (``warnings.warn``, also listed in :attr:`PriorFit.warnings`):
+constant non-zero samples (every family's scale or shape runs off), and a Lomax whose α runs to ∞
+(its limit, the exponential, fits as well: the data show no power-law tail).
 
 Example:
     >>> import numpy as np
@@ -17,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -28,7 +36,7 @@ from torch import Tensor
 from .prior_catalogue import ALPHA as _ALPHA, NU as _NU, P as _P, PI0 as _PI0, S as _S, A as _A, X as _X
 from .priors import PriorPenalty, penalty_from_prior
 
-__all__ = ["FamilyFit", "PriorFit", "fit_prior", "FAMILIES"]
+__all__ = ["FamilyFit", "PriorFit", "fit_prior", "FAMILIES", "NESTED"]
 
 
 
@@ -66,6 +74,17 @@ FAMILIES: dict[str, _Family] = {
     "half_generalized_gaussian": _Family("nonnegative", stats.halfgennorm,
                                          _P / (_S * sp.gamma(1 / _P)) * sp.exp(-(_X / _S) ** _P), (_P, _S),
                                          lambda p: {"p": p[0], "s": p[-1]}),
+    "half_cauchy": _Family("nonnegative", stats.halfcauchy, 2 / (sp.pi * _S * (1 + _X**2 / _S**2)), (_S,),
+                           lambda p: {"s": p[-1]}),
+}
+
+#: family → the simpler families it contains as a special case (a fixed shape) or a limit: the
+#: parsimony rule of :func:`fit_prior` chooses among these.
+NESTED: dict[str, tuple[str, ...]] = {
+    "generalized_gaussian": ("laplace", "gaussian"),  # p = 1, p = 2
+    "student_t": ("cauchy", "gaussian"),  # ν = 1, ν → ∞
+    "half_generalized_gaussian": ("exponential", "half_normal"),  # p = 1, p = 2
+    "lomax": ("exponential",),  # α → ∞ with s/α fixed
 }
 
 
@@ -104,15 +123,18 @@ class FamilyFit:
 
 @dataclass(frozen=True)
 class PriorFit:
-    """Families ranked by held-out likelihood; the best one's prior and penalty.
+    """Families ranked by held-out likelihood; the chosen one's prior and penalty.
 
     Attributes:
-        ranking: the fits, best first.
+        ranking: the fits, highest held-out log-likelihood first.
         zero_fraction: the fraction of exact zeros (the point-mass weight π₀ fitted on train).
         num_train_samples: the training split's size.
         num_test_samples: the held-out split's size.
         seed: the split's seed.
         skipped: families that could not be fitted, with the reason.
+        choice: the chosen family's name (the parsimony rule, see :func:`fit_prior`).
+        choice_reason: why it was chosen, with the numbers.
+        warnings: degenerate fits found (each was also issued with ``warnings.warn``).
     """
 
     ranking: tuple[FamilyFit, ...]
@@ -122,11 +144,27 @@ class PriorFit:
     seed: int
     skipped: tuple[tuple[str, str], ...] = ()
     _point_mass: bool = field(default=False, repr=False)
+    choice: str = ""
+    choice_reason: str = ""
+    warnings: tuple[str, ...] = ()
 
     @property
     def best(self) -> FamilyFit:
+        """The chosen family (the parsimony rule of :func:`fit_prior`; see :attr:`choice_reason`)."""
+        name = self.choice or self.ranking[0].family
+        return next(f for f in self.ranking if f.family == name)
+
+    @property
+    def most_likely(self) -> FamilyFit:
         """The family with the highest held-out log-likelihood."""
         return self.ranking[0]
+
+    def __str__(self) -> str:
+        lines = [f"fit_prior: chose {self.best.family} {self.best.values} ({self.choice_reason})"]
+        lines += [f"  {f.family}: held-out {f.heldout_loglik:.4f} ± {f.heldout_std_err:.4f}, gap "
+                  f"{f.gap:.4f} ± {f.gap_std_err:.4f}" for f in self.ranking]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
 
     @property
     def prior(self) -> PriorPenalty:
@@ -153,7 +191,10 @@ def fit_prior(samples, families: Sequence[str] | None = None, *, test_fraction: 
 
     Each family's log-likelihood is ℓ(a) = log π₀ at a = 0 and log(1 − π₀) + log f(a) elsewhere (with
     π₀ the training fraction of zeros, when there are zeros), w.r.t. δ₀ + Lebesgue; families are
-    ranked by the mean held-out ℓ per sample (docs/theory.md §4).
+    ranked by the mean held-out ℓ per sample (docs/theory.md §4). Parsimony rule: with B the most
+    likely family, the chosen family is the one with the fewest parameters among B and the families
+    nested in B (:data:`NESTED`) whose gap to B is at most its paired standard error (ties: the more
+    likely).
 
     Args:
         samples: array-like of activations (any shape; flattened). Exact zeros are a point mass.
@@ -163,11 +204,15 @@ def fit_prior(samples, families: Sequence[str] | None = None, *, test_fraction: 
         seed: seeds the train/test split.
 
     Returns:
-        The :class:`PriorFit`, best family first.
+        The :class:`PriorFit`, most likely family first; ``.best`` is the chosen one.
 
     Raises:
         ValueError: too few non-zero samples, non-finite samples, an empty or unknown family list (or
             one name given as a string), no family whose support holds the samples.
+
+    Warns:
+        UserWarning: the non-zero samples are constant (every continuous family degenerates), or a
+            Lomax fit has α → ∞ (its limit, the exponential, fits as well).
     """
     x = np.asarray(samples.detach().cpu() if isinstance(samples, Tensor) else samples, dtype=np.float64).ravel()
     if not np.all(np.isfinite(x)):
@@ -199,6 +244,12 @@ def fit_prior(samples, families: Sequence[str] | None = None, *, test_fraction: 
     if point_mass and zero_fraction == 0:
         zero_fraction = 0.5 / (train.size + 1)  # zeros only in test: smallest non-zero weight
     nz_train = train[train != 0]
+    notes = []
+    spread = float(np.ptp(nz_train))
+    if spread <= 1e-12 * float(np.max(np.abs(nz_train))):
+        notes.append(f"all non-zero training samples equal {nz_train[0]:.6g}: every continuous family degenerates "
+                     "(a scale → 0 or a shape → ∞) and the ranking is meaningless; check the activations (a "
+                     "constant or saturated latent, or quantised values) and fit only latents whose values vary")
     fits, skipped = [], []
     per_sample = {}
     for name in families:
@@ -215,6 +266,10 @@ def fit_prior(samples, families: Sequence[str] | None = None, *, test_fraction: 
             skipped.append((name, "held-out log-likelihood is −inf for some samples (outside the support)"))
             continue
         values = {k: float(v) for k, v in fam.to_values(params).items()}
+        if name == "lomax" and not notes:
+            note = _lomax_degenerate(nz_train, values)
+            if note:
+                notes.append(note)
         if point_mass:
             values["pi_0"] = zero_fraction
         per_sample[name] = ll_test
@@ -229,7 +284,38 @@ def fit_prior(samples, families: Sequence[str] | None = None, *, test_fraction: 
         diff = best - per_sample[name]
         ranking.append(FamilyFit(name, values, tr, te, std_err, float(np.mean(diff)),
                                  float(np.std(diff, ddof=1) / np.sqrt(diff.size))))
-    return PriorFit(tuple(ranking), zero_fraction, train.size, test.size, seed, tuple(skipped), point_mass)
+    choice, reason = _parsimony(ranking)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return PriorFit(tuple(ranking), zero_fraction, train.size, test.size, seed, tuple(skipped), point_mass,
+                    choice, reason, tuple(notes))
+
+
+def _parsimony(ranking: list[FamilyFit]) -> tuple[str, str]:
+    """The simplest family nested in the most likely one within one paired standard error of it."""
+    top = ranking[0]
+    nested = set(NESTED.get(top.family, ()))
+    adequate = [f for f in ranking[1:] if f.family in nested and f.gap <= f.gap_std_err]
+    if not adequate:
+        return top.family, "the highest held-out log-likelihood"
+    simplest = min([top] + adequate, key=lambda f: (len(FAMILIES[f.family].parameters), f.gap))
+    if simplest is top:
+        return top.family, "the highest held-out log-likelihood"
+    return simplest.family, (f"parsimony: nested in {top.family} and within one standard error of it on held-out "
+                             f"data (gap {simplest.gap:.3g} ≤ {simplest.gap_std_err:.3g} nats/sample)")
+
+
+def _lomax_degenerate(nz_train, values) -> str:
+    """A note when the Lomax MLE runs to α → ∞: its training fit is no better than its limit, the exponential."""
+    alpha, s = values["alpha"], values["s"]
+    exp_ll = -np.log(np.mean(nz_train)) - 1.0  # the exponential's maximised mean log-likelihood
+    lomax_ll = float(np.mean(stats.lomax.logpdf(nz_train, alpha, loc=0, scale=s)))
+    if alpha > 1e6 or lomax_ll <= exp_ll + 1e-9 * max(1.0, abs(exp_ll)):
+        return (f"the Lomax fit degenerates: α = {alpha:.3g} → ∞ and s = {s:.3g} → ∞ (s/α = {s / alpha:.3g}), "
+                "so it "
+                "is the exponential with that scale and the data show no power-law tail; use the 'exponential' "
+                "family (the parsimony rule chooses it when it is among the families)")
+    return ""
 
 
 def _loglik(x, logpdf, params, zero_fraction, point_mass):

@@ -1,8 +1,11 @@
 """fit_prior recovers the generating family on seeded synthetic samples, with the point mass at zero."""
+import warnings
+
 import numpy as np
 import pytest
 import sympy as sp
 import torch
+from scipy import stats
 
 from slt_interp.theory import fit_prior
 from slt_interp.theory.fit_prior import FAMILIES, _A, _X, _family_prior
@@ -81,3 +84,59 @@ def test_family_densities_are_scipys_and_the_point_mass_keeps_its_weight(name):
     prior = _family_prior(name, True)
     assert prior.zero_probability is not None
     assert float(prior.zero_probability.subs({q: values[str(q)] for q in prior.parameters})) == pytest.approx(0.3)
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 15: the parsimony rule, the half-Cauchy family, warnings on degenerate fits
+# ------------------------------------------------------------------------------------------------
+def test_parsimony_chooses_the_nested_family_within_one_std_err():
+    """Exponential data: the half generalised Gaussian (p̂ ≈ 1) is most likely on held-out data by a gap
+    below its standard error, so its special case p = 1 is chosen (before issue 15: the two-parameter one)."""
+    x = np.random.default_rng(2).exponential(2.0, 5000)
+    fit = fit_prior(x, families=("exponential", "half_generalized_gaussian"), seed=2)
+    assert fit.most_likely.family == "half_generalized_gaussian"
+    runner = fit.ranking[1]
+    assert runner.family == "exponential" and 0 < runner.gap <= runner.gap_std_err
+    assert fit.best.family == "exponential" and "parsimony" in fit.choice_reason
+    assert sp.simplify(fit.penalty - _X / fit.best.values["s"]) == 0
+
+
+def test_parsimony_keeps_the_richer_family_when_it_is_clearly_better():
+    x = stats.halfgennorm.rvs(0.5, scale=1.0, size=5000, random_state=np.random.default_rng(3))
+    fit = fit_prior(x, families=("exponential", "half_generalized_gaussian"), seed=0)
+    assert fit.ranking[1].gap > 3 * fit.ranking[1].gap_std_err
+    assert fit.best.family == "half_generalized_gaussian" and fit.best.values["p"] == pytest.approx(0.5, rel=0.1)
+
+
+def test_recovers_half_cauchy_with_a_point_mass():
+    rng = np.random.default_rng(4)
+    n, scale = 40000, 0.7
+    x = np.where(rng.random(n) < 0.5, np.abs(rng.standard_cauchy(n)) * scale, 0.0)
+    fit = fit_prior(x, families=("exponential", "half_normal", "lomax", "half_cauchy"), seed=0)
+    assert fit.best.family == "half_cauchy"
+    lomax = next(f for f in fit.ranking if f.family == "lomax")  # the closest rival: the same tail index 2
+    assert lomax.gap > 3 * lomax.gap_std_err
+    assert fit.best.values["s"] == pytest.approx(scale, rel=0.05)
+    assert fit.prior.has_point_mass
+    a = torch.tensor([[0.0, 1.3]], dtype=torch.float64)
+    s, pi0 = fit.best.values["s"], fit.best.values["pi_0"]
+    lam0 = np.log(pi0 / ((1 - pi0) * 2 / (np.pi * s)))  # −log of the slab density at 0⁺, relative to the atom
+    assert float(fit.to_torch()(a)) == pytest.approx(lam0 + np.log1p(1.3**2 / s**2), rel=1e-10)
+
+
+def test_constant_samples_warn_with_cause_and_fix():
+    with pytest.warns(UserWarning, match=r"all non-zero training samples equal 1\.5.*fit only latents whose values vary"):
+        fit = fit_prior(np.r_[np.zeros(50), np.full(200, 1.5)], seed=0)
+    assert len(fit.warnings) == 1 and "warning: all non-zero" in str(fit)
+
+
+def test_lomax_running_to_infinite_alpha_warns_and_true_lomax_does_not():
+    x = np.random.default_rng(1).exponential(2.0, 5000)  # Lomax MLE: α → ∞ (scipy stops at ~5e11)
+    with pytest.warns(UserWarning, match=r"Lomax fit degenerates: α = .* → ∞.*use the 'exponential' family"):
+        fit = fit_prior(x, families=("exponential", "lomax"), seed=1)
+    assert fit.best.family == "exponential"
+    lomax = np.random.default_rng(5).pareto(3.0, size=5000)  # numpy's "pareto" is the Lomax, s = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = fit_prior(lomax, families=("exponential", "lomax"), seed=0)
+    assert fit.best.family == "lomax" and fit.warnings == ()
