@@ -1,4 +1,4 @@
-"""Certified pruning of a component expansion: keep the largest terms, bound what was dropped.
+"""Pruning of a component expansion: keep the largest terms, bound what was dropped.
 
 Error metric: the worst case over every token sequence of length ≤ n_ctx and every position t of the
 ℓ2 norm of the dropped terms' sum, sup_{x, t} ‖Σ_{dropped} term_t(x)‖₂ (in logit space by default).
@@ -16,9 +16,11 @@ vacuous, compare Gross et al. 2024, arXiv 2406.11779):
   R_c ≥ sup ‖out_c‖ is itself bounded recursively, layer by layer, as the sum of the bounds of
   component c's own terms. For MLP terms ‖u ⊙ v‖₂ ≤ min(‖u‖₂‖v‖_∞, ‖u‖_∞‖v‖₂).
 * then, per term, the smaller of that and the per-position vertex bound of
-  :mod:`~slt_interp.bilinear.vertex_bounds` (layer-0 outputs are sums of per-token vectors, terms are
-  multilinear in their sources, so maxima are taken over vertex combinations; 2–60× tighter on
-  layer-1 terms in the tests).
+  :mod:`~slt_interp.bilinear.vertex_bounds` (layer-0 outputs are sums of per-token vectors, the
+  layer-0 MLP output is a pairwise function of the tokens, terms are multilinear in their sources, so
+  maxima are taken over vertex combinations; on the report's induction model the median bound/worst
+  ratio of layer-1 head terms is 4.4 against 643 for the norm products, of layer-1 MLP terms 67
+  against 1.4·10⁷).
 
 All bounds are bounds in exact arithmetic evaluated in float64 (the rounding is not enclosed).
 """
@@ -42,7 +44,7 @@ _TABLE_LIMIT = 20_000_000  # entries of the (n_ctx·V)² exact table before fall
 
 @dataclass(frozen=True)
 class TermBounds:
-    """Certified bounds b_i ≥ sup_{x, t} ‖term_i,t(x)‖₂ over all token sequences.
+    """Bounds b_i ≥ sup_{x, t} ‖term_i,t(x)‖₂ over all token sequences (exact arithmetic, see below).
 
     Each bound is proven for exact arithmetic on the model's weights (module docstring) and evaluated in
     float64; the rounding of that evaluation (relative ~1e-13 at these sizes) is not enclosed.
@@ -65,7 +67,7 @@ def _spec(M: Tensor) -> float:
 
 
 def term_bounds(expansion: ComponentExpansion, *, readout="logits", vertex: bool | None = None) -> TermBounds:
-    """Certified per-term worst-case norms of a :class:`~slt_interp.bilinear.expand.ComponentExpansion`.
+    """Per-term bounds on the worst-case norms of a :class:`~slt_interp.bilinear.expand.ComponentExpansion`.
 
     See the module docstring for the bounds used. Computed in float64 whatever the model dtype.
 
@@ -403,12 +405,12 @@ def prune(expansion: ComponentExpansion, eps: float | None = None, *, num_keep: 
         order = torch.argsort(size, descending=True, stable=True)
     else:
         order = torch.argsort(bounds.values, descending=True, stable=True)  # largest first
+    tail = torch.cumsum(bounds.values[order].flip(0), 0).flip(0)  # Σ of bounds from position k on
     if num_keep is None:
-        tail = torch.cumsum(bounds.values[order].flip(0), 0).flip(0)  # Σ of bounds from position k on
         fits = (tail <= eps).nonzero()
         num_keep = int(fits[0]) if fits.numel() else len(expansion)
     kept, dropped = order[:num_keep], order[num_keep:]
-    bound = float(bounds.values[dropped].sum())
+    bound = float(tail[num_keep]) if num_keep < len(expansion) else 0.0  # the same sum the budget was checked on
     if tokens is None:
         measured = None
     elif values is not None:

@@ -1,7 +1,7 @@
 """Per-position term bounds from the vertex structure of layer-0 outputs (docs/theory.md §5).
 
 Every bound here is an upper bound on sup over all token sequences of ‖M·term_t‖₂ at each position t,
-proven in exact arithmetic from three facts:
+proven in exact arithmetic from four facts:
 
 1. **Layer-0 outputs are sums of per-token vectors.** With e(x, t) = W_E[x] + W_pos[t], head h of layer
    0 writes at position t, given the token x = x_t,
@@ -13,15 +13,28 @@ proven in exact arithmetic from three facts:
    each source and its maximum over a source's set is attained at a vertex combination: sup ‖L z‖ over
    a Minkowski sum ≤ Σ_slots max_vertex ‖L·vertex‖ (triangle inequality; exact when one slot), and
    sup |wᵀ z| = support function, computed exactly slot by slot.
-3. **Products of sources** are bounded by Cauchy–Schwarz (|qᵀ A k| ≤ ‖Aᵀq‖·‖k‖) and, for bilinear MLPs,
-   ‖P (u ⊙ v)‖ ≤ ‖P‖₂·min(‖u‖₂‖v‖_∞, ‖u‖_∞‖v‖₂), with every factor a per-position supremum from 1–2.
+3. **The layer-0 MLP output is a pairwise function of the tokens.** Given x_t, r(t) = c + Σ_{s<t} g_s(x_s),
+   so w·m(t) = w·P((W r) ⊙ (V r)) = C + Σ_s U_s(x_s) + Σ_{s<s'} Q_{ss'}(x_s, x_s'): its maximum over the
+   V^t token choices is at most C + Σ_{s<s'} max [Q_{ss'} + (U_s + U_s')/(t−1)] (an equivalent split of
+   the function into pair potentials, each maximised exactly), the same for the minimum
+   (``_Layer0.mlp0_support``); norms ‖L m‖ ≤ ‖(sup |L_r·m|)_r‖₂ row by row.
+4. **Products of sources** are bounded by interval products of signed supports, by Cauchy–Schwarz
+   (|qᵀ A k| ≤ ‖Aᵀq‖·‖k‖) and, for bilinear MLPs, ‖P (u ⊙ v)‖ ≤ ‖P‖₂·min(‖u‖₂‖v‖_∞, ‖u‖_∞‖v‖₂), with
+   every factor a per-position (and per-token) supremum from 1–3.
 
-For a head term (q=a, k=b, v=c) at query position t: ‖Σ_{s≤t} n(t)(q_tᵀ A k_s)·B v_s‖ ≤
-n(t) Σ_{s≤t} sup|q_tᵀ A k_s|·sup‖B v_s‖ (a, b, c independent; exact enumeration of the embedding's V
-vectors wherever a slot is the embedding, coupled when k and v are both the embedding at s). For an MLP
+For a head term (q=a, k=b, v=c) at query position t, branching on the query token x = x_t and the key
+token y = x_s (the key and value at s share it; at s = t, y = x):
+‖Σ_{s≤t} n(t)(q_tᵀ A k_s)·B v_s‖ ≤ n(t) max_x Σ_{s≤t} max_y S(t, x, s, y)·N(s, y), with S ≥ sup|q_tᵀ A k_s|
+and N ≥ sup‖B v_s‖ given (x, y) (the other tokens free, independently per factor); and, in an
+orthonormal basis u_r of B's range, |u_rᵀ·term| ≤ n(t) Σ_s max_y (largest corner of [S_lo, S_hi] ×
+[inf u_rᵀB v_s, sup u_rᵀB v_s]), signed score bounds kept, then ‖·‖₂ over r; the smaller is used. S is
+exact where a slot is the embedding and the other a layer-0 head; a layer-0 head slot is split into its
+atoms λ·v_h, each paired with the signed support of the other slot along A·v_h. For an MLP
 term (a, b): one slot the embedding e(x, t) makes the term linear in the other source,
-M P (diag(W e) V + diag(V e) W)·out_b(t), bounded by fact 2; otherwise fact 3. Sources deeper than
+M P (diag(W e) V + diag(V e) W)·out_b(t), bounded by fact 2; otherwise fact 4. Sources deeper than
 layer 0 enter through per-position norm bounds R_c(t) = Σ_{terms of c} bound_t (identity readout).
+Every bound is checked against all V^T inputs on small vocabularies in
+tests/bilinear/test_bilinear_vertex_bounds.py.
 
 Rounding: these are bounds (exact arithmetic): proven for the exact real-number evaluation of the
 formulas on the model's weights, then evaluated in float64. The rounding of that evaluation (relative
@@ -40,6 +53,7 @@ __all__ = ["vertex_bounds", "vertex_bounds_fit"]
 
 _LIMIT = 30_000_000  # entries of the largest intermediate table
 _PAIR_LIMIT = 600_000_000  # (n_ctx·V)³·d_mlp·(map rows) allowed for one layer-0 MLP pair expansion
+_SUPPORT_ROWS = 512  # map rows for which the layer-0 MLP's signed pairwise supports are computed
 
 
 def vertex_bounds_fit(config) -> bool:
@@ -72,6 +86,7 @@ class _Layer0:
         t = torch.arange(c.n_ctx, device=e.device)
         self.strict = (t[None, :] < t[:, None]).to(torch.float64)  # (t, s): s < t
         self.lam, self.val = {}, {}
+        self._support_cache: dict = {}  # mlp0_support results per direction set
         attn = model.blocks[0].attn
         flat = self.e.reshape(-1, self.e.shape[-1])  # (T·V, d)
         for h in range(c.n_heads):
@@ -112,7 +127,7 @@ class _Layer0:
         gw = g @ w.T  # (t, x, s, y, k)
         return cw + gw.amax(dim=3).sum(dim=2), cw + gw.amin(dim=3).sum(dim=2)  # zero rows for s ≥ t add nothing
 
-    def mlp0_sup(self, mlp, L: Tensor) -> Tensor:
+    def mlp0_sup(self, mlp, L: Tensor, branch: bool = False) -> Tensor:
         """Bound on sup ‖L_k P((W r) ⊙ (V r))‖ for the layer-0 MLP output: (k, T).
 
         Per hidden unit i, U_i = sup |W_i r| and V_i = sup |V_i r| are exact support functions of the
@@ -123,9 +138,10 @@ class _Layer0:
         Args:
             mlp: the layer-0 :class:`~slt_interp.bilinear.layers.BilinearMLP`.
             L: maps (k, m, d).
+            branch: keep the token x_t = x: (k, T, V).
 
         Returns:
-            Shape (k, T).
+            Shape (k, T), or (k, T, V) with ``branch``.
         """
         W, V, P = (mlp.W.detach().to(self.e.dtype), mlp.V.detach().to(self.e.dtype), mlp.P.detach().to(self.e.dtype))
         if not hasattr(self, "_mlp0_coords"):
@@ -143,9 +159,83 @@ class _Layer0:
         coord = torch.maximum(up, -down).norm(dim=-1)
         spec = _spec(LP)  # (k,)
         cs = torch.minimum(U.norm(dim=-1) * Vs.amax(dim=-1), U.amax(dim=-1) * Vs.norm(dim=-1))  # (t, x)
-        return torch.minimum(coord, spec[:, None, None] * cs[None]).amax(dim=2)
+        out = torch.minimum(coord, spec[:, None, None] * cs[None])  # (k, t, x)
+        return out if branch else out.amax(dim=2)
 
-    def mlp0_pair_sup(self, mlp, L: Tensor) -> Tensor:
+    def mlp0_support(self, mlp, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Bounds hi ≥ sup and lo ≤ inf of w_k · m(t) given x_t, m = P((W r) ⊙ (V r)) the layer-0 MLP output.
+
+        Given x_t = x, r = c + Σ_{s<t} g_s(y_s), so with p = Pᵀw the functional is a pairwise function of
+        the free tokens, f(y) = C + Σ_s U_s(y_s) + Σ_{s<s'} Q_{ss'}(y_s, y_s'):
+        C = p·(Wc ⊙ Vc), U_s = p·(Wc ⊙ Vg_s + Wg_s ⊙ Vc + Wg_s ⊙ Vg_s),
+        Q_{ss'} = p·(Wg_s ⊙ Vg_s' + Wg_s' ⊙ Vg_s). Its maximum over the V^t token choices is at most
+        C + Σ_{s<s'} max_{y,y'} [Q_{ss'} + (U_s + U_s')/(t−1)] (the unary terms folded into the t−1 pairs
+        each token is in: the sum of the pair potentials equals f, and a sum of maxima bounds the maximum
+        of the sum), and at most C + Σ_s max U_s + Σ_{s<s'} max Q_{ss'}; the smaller is returned. Exact for
+        t ≤ 1 (one free token). Same for −f.
+
+        Args:
+            mlp: the layer-0 :class:`~slt_interp.bilinear.layers.BilinearMLP`.
+            w: directions (k, d).
+
+        Returns:
+            (hi, lo), each (k, T, V).
+        """
+        key = (w.shape, w.detach().cpu().numpy().tobytes())
+        if key in self._support_cache:
+            return self._support_cache[key]
+        P = mlp.P.detach().to(self.e.dtype)
+        cwv, single, pairs = self._mlp0_quadratic(mlp)
+        p = w @ P  # (k, h)
+        k = w.shape[0]
+        C = cwv @ p.T  # (t, x, k)
+        U = (single @ p.T).permute(4, 0, 1, 2, 3)  # (k, t, x, s, y)
+        hi = C.permute(2, 0, 1).clone()  # (k, t, x)
+        lo = hi.clone()
+        for t in range(1, self.T):
+            u = U[:, t, :, :t]  # (k, x, s, y)
+            u_hi, u_lo = u.amax(dim=3).sum(dim=2), u.amin(dim=3).sum(dim=2)  # (k, x)
+            if t == 1:
+                hi[:, t] += u_hi
+                lo[:, t] += u_lo
+                continue
+            Hf, si, sj = pairs[t]  # Hf: (h, x·pairs·y·y'), pairs s < s'
+            shared = u / (t - 1)  # each token's unary part, split over the t − 1 pairs it is in
+            chunk = max(1, _LIMIT // Hf.shape[1])
+            for k0 in range(0, k, chunk):
+                kc = slice(k0, k0 + chunk)
+                Q = (p[kc] @ Hf).view(-1, self.V, len(si), self.V, self.V)  # (kc, x, pairs, y, y')
+                sep_hi = u_hi[kc] + Q.amax(dim=(3, 4)).sum(dim=2)
+                sep_lo = u_lo[kc] + Q.amin(dim=(3, 4)).sum(dim=2)
+                Q += shared[kc][:, :, si, :, None]  # the fold, in place: Q + (U_s + U_s')/(t − 1)
+                Q += shared[kc][:, :, sj, None, :]
+                hi[kc, t] += torch.minimum(sep_hi, Q.amax(dim=(3, 4)).sum(dim=2))
+                lo[kc, t] += torch.maximum(sep_lo, Q.amin(dim=(3, 4)).sum(dim=2))
+        self._support_cache[key] = (hi, lo)
+        return hi, lo
+
+    def _mlp0_quadratic(self, mlp) -> tuple[Tensor, Tensor, dict]:
+        """Hidden-space parts of the layer-0 MLP as a pairwise function of the free tokens, once per model.
+
+        Returns:
+            Wc ⊙ Vc (t, x, h); the single-slot part Wc ⊙ Vg_s + Wg_s ⊙ Vc + Wg_s ⊙ Vg_s (t, x, s, y, h);
+            per t ≥ 2, (H, s, s') with H (h, x·pairs·y·y') = Wg_s ⊙ Vg_s' + Wg_s' ⊙ Vg_s for the pairs s < s'.
+        """
+        if not hasattr(self, "_quadratic"):
+            W, V = mlp.W.detach().to(self.e.dtype), mlp.V.detach().to(self.e.dtype)
+            c, g = self.resid_atoms()
+            cw, cv, gw, gv = c @ W.T, c @ V.T, g @ W.T, g @ V.T  # (t, x, h), (t, x, s, y, h)
+            single = cw[:, :, None, None] * gv + gw * cv[:, :, None, None] + gw * gv  # (t, x, s, y, h)
+            pairs = {}
+            for t in range(2, self.T):
+                si, sj = torch.triu_indices(t, t, 1, device=c.device)
+                a, b = gw[t], gv[t]  # (x, s, y, h)
+                H = a[:, si, :, None] * b[:, sj, None] + a[:, sj, None] * b[:, si, :, None]  # (x, pairs, y, y', h)
+                pairs[t] = (H.reshape(-1, H.shape[-1]).T.contiguous(), si, sj)
+            self._quadratic = (cw * cv, single, pairs)
+        return self._quadratic
+
+    def mlp0_pair_sup(self, mlp, L: Tensor, branch: bool = False) -> Tensor:
         """Bound on sup ‖L_k P((W r) ⊙ (V r))‖ by expanding the quadratic over the residual's atom slots: (k, T).
 
         With r = c + Σ_{s<t} g_s(y_s) (given x_t) and B(a, b) = P((W a) ⊙ (V b)):
@@ -155,9 +245,10 @@ class _Layer0:
         Args:
             mlp: the layer-0 :class:`~slt_interp.bilinear.layers.BilinearMLP`.
             L: maps (k, m, d).
+            branch: keep the token x_t = x: (k, T, V).
 
         Returns:
-            Shape (k, T).
+            Shape (k, T), or (k, T, V) with ``branch``.
         """
         W, V, P = (mlp.W.detach().to(self.e.dtype), mlp.V.detach().to(self.e.dtype), mlp.P.detach().to(self.e.dtype))
         c, g = self.resid_atoms()
@@ -177,7 +268,7 @@ class _Layer0:
             vals = (pair @ flat).unflatten(-1, (k, m)).norm(dim=-1).amax(dim=(2, 4))  # (x, s, s', k)
             upper = torch.ones(t, t, dtype=vals.dtype, device=vals.device).triu(1)[None, :, :, None]
             out[:, t] += (vals * upper).sum(dim=(1, 2)).T  # (k, x)
-        return out.amax(dim=2)
+        return out if branch else out.amax(dim=2)
 
     def emb_sup(self, L: Tensor) -> Tensor:
         """max_x ‖L_k e(x, t)‖ for maps L (k, m, d): (k, T), exact."""
@@ -209,7 +300,8 @@ class _Layer0:
         lo = diag + (a.amin(dim=4) * self.strict[None, :, None, :]).sum(dim=3)
         return hi, lo
 
-    def atom_sum(self, h: int, G: Tensor, signed: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def atom_sum(self, h: int, G: Tensor, signed: tuple[Tensor, Tensor] | None = None,
+                 branch: bool = False, parts: bool = False):
         """Σ over the atom slots of z_h(τ) of the largest value of a per-atom table: (τ, p).
 
         With ``G`` (s, y, p) ≥ sup |Y_p · (direction of atom (s, y))|, returns
@@ -222,16 +314,19 @@ class _Layer0:
             h: the layer-0 head whose atoms are summed.
             G: (s, y, p) table, or None with ``signed``.
             signed: (hi, lo), each (s, y, p, x').
+            branch: keep the token x at τ (the last output dimension before p): (τ, x, p).
+            parts: with ``signed``, return the sup and inf bounds (up, down), each (τ, x, p, x'), instead.
 
         Returns:
-            Shape (τ, p).
+            Shape (τ, p), or (τ, x, p) with ``branch``, or a pair with ``parts``.
         """
         lam = self.lam[h]  # (τ, x, s, y)
         idx = torch.arange(self.T, device=lam.device)
         if signed is None:
             a = lam.abs()[..., None] * G[None, None]  # (τ, x, s, y, p)
             diag = a[idx, :, idx, :].diagonal(dim1=1, dim2=2).permute(0, 2, 1)  # (τ, x, p)
-            return (diag + (a.amax(dim=3) * self.strict[:, None, :, None]).sum(dim=2)).amax(dim=1)
+            out = diag + (a.amax(dim=3) * self.strict[:, None, :, None]).sum(dim=2)  # (τ, x, p)
+            return out if branch else out.amax(dim=1)
         hi, lo = signed  # (s, y, p, x')
         top = torch.maximum(lam[..., None, None] * hi[None, None], lam[..., None, None] * lo[None, None])
         bot = torch.minimum(lam[..., None, None] * hi[None, None], lam[..., None, None] * lo[None, None])
@@ -241,7 +336,10 @@ class _Layer0:
         m = self.strict[:, None, :, None, None]
         up = dt + (top.amax(dim=3) * m).sum(dim=2)  # (τ, x, p, x')
         down = db + (bot.amin(dim=3) * m).sum(dim=2)
-        return torch.maximum(up, -down).amax(dim=(1, 3))
+        if parts:  # the signed bounds themselves, given x at τ and the other factor's x': sup ≤ up, inf ≥ down
+            return up, down  # (τ, x, p, x') each
+        out = torch.maximum(up, -down).amax(dim=3)  # (τ, x, p)
+        return out if branch else out.amax(dim=1)
 
     def head_sup_given_x(self, h: int, G: Tensor) -> Tensor:
         """Bound on sup ‖G_{t,x} z_h(t)‖ with a map per (t, x) (the token at t shared with z_h's branch).
@@ -295,21 +393,27 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
         per_pos: dict[int, Tensor] = {}  # R_c(t) for components deeper than the layer-0 heads (identity readout)
         score_sum: dict[int, Tensor] = {}  # per head component: Σ_{(a, b)} sup |q_aᵀ A k_b| per (t, s)
         causal = base.strict + torch.eye(T, **f64)
+        # the layer-0 MLP's pair table (x, pairs s < s' < t, y, y', d_mlp) summed over t must fit
+        support_fits = cfg.vocab_size ** 3 * cfg.d_mlp * sum(t * (t - 1) // 2 for t in range(T)) <= _LIMIT
 
-        def sup(ci: int, L: Tensor) -> Tensor:
-            """Bound on sup ‖L_k out_ci(t)‖ per map and position: (k, T)."""
+        def sup(ci: int, L: Tensor, branch: bool = False) -> Tensor:
+            """Bound on sup ‖L_k out_ci(t)‖ per map and position: (k, T); given x_t = x when ``branch``: (k, T, V)."""
             c = comps[ci]
+            if branch:
+                if c.kind == "embed":
+                    return torch.einsum("kmd,tvd->ktvm", L, base.e).norm(dim=-1)  # exact
+                if c.kind == "head" and c.layer == 0:
+                    return base.head_sup(c.head, L, branch=True)
+                if c.kind == "mlp" and c.layer == 0:
+                    return mlp0_sup_branch(ci, L)
+                return sup(ci, L)[..., None].expand(-1, -1, base.V)  # no per-token information
             if c.kind == "embed":
                 return base.emb_sup(L)
             if c.kind == "head" and c.layer == 0:
                 return base.head_sup(c.head, L)
             generic = _spec(L)[:, None] * per_pos[ci][None]
             if c.kind == "mlp" and c.layer == 0:
-                best = torch.minimum(generic, base.mlp0_sup(model.blocks[0].mlp, L))
-                tv = T * base.V
-                if tv ** 3 * cfg.d_mlp * L.shape[0] * L.shape[1] <= _PAIR_LIMIT:  # cost of the pair expansion
-                    best = torch.minimum(best, base.mlp0_pair_sup(model.blocks[0].mlp, L))
-                return best
+                return torch.minimum(generic, mlp0_sup_branch(ci, L).amax(dim=2))
             if c.kind == "head":  # Σ_terms n(t) Σ_s S_ab(t, s) N_v(s) = n(t) Σ_s (Σ_ab S_ab)(Σ_v N_v) per map
                 attn = model.blocks[c.layer].attn
                 B = L @ (attn.W_O[c.head].detach().to(**f64) @ attn.W_V[c.head].detach().to(**f64))  # (k, m, d)
@@ -318,72 +422,115 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                 return torch.minimum(generic, tight)
             return generic
 
+        def mlp0_sup_branch(ci: int, L: Tensor) -> Tensor:
+            """Bound on sup ‖L_k m(t)‖ given x_t for the layer-0 MLP output m: (k, T, V)."""
+            mlp = model.blocks[0].mlp
+            best = base.mlp0_sup(mlp, L, branch=True)
+            tv = T * base.V
+            if tv ** 3 * cfg.d_mlp * L.shape[0] * L.shape[1] <= _PAIR_LIMIT:  # cost of the pair expansion
+                best = torch.minimum(best, base.mlp0_pair_sup(mlp, L, branch=True))
+            if L.shape[0] * L.shape[1] <= _SUPPORT_ROWS and support_fits:  # row by row: signed pairwise supports
+                hi, lo = base.mlp0_support(mlp, L.reshape(-1, L.shape[-1]))  # (k·m, T, V)
+                rows = torch.maximum(hi, -lo).unflatten(0, L.shape[:2])  # (k, m, T, V): sup |L_kr · m(t)| given x_t
+                best = torch.minimum(best, rows.norm(dim=1))
+            return best
+
+        def support(ci: int, w: Tensor) -> tuple[Tensor, Tensor]:
+            """Bounds hi ≥ sup and lo ≤ inf of w_k · out_ci(t) given x_t = x: (k, T, V) each."""
+            c = comps[ci]
+            if c.kind == "embed":
+                val = torch.einsum("kd,tvd->ktv", w, base.e)  # exact
+                return val, val
+            if c.kind == "head" and c.layer == 0:
+                return base.head_support(c.head, w)  # exact
+            absb = sup(ci, w[:, None, :], branch=True)  # (k, T, V)
+            if c.kind == "mlp" and c.layer == 0 and w.shape[0] <= _SUPPORT_ROWS and support_fits:
+                hi, lo = base.mlp0_support(model.blocks[0].mlp, w)
+                return torch.minimum(hi, absb), torch.maximum(lo, -absb)
+            return absb, -absb
+
         def sup_inf(ci: int, L: Tensor) -> Tensor:
             """Bound on sup ‖L out_ci(t)‖_∞ for one map L (m, d): (T,)."""
             return sup(ci, L[:, None, :]).amax(dim=0)
 
+        same_token = torch.ones(T, base.V, T, base.V, **f64)  # (t, x, s, y): 0 where s = t and y ≠ x
+        same_token[torch.arange(T), :, torch.arange(T), :] = torch.eye(base.V, **f64)
+
         def head_term(c, a: int, b: int, v: int, M: Tensor | None, cache: dict) -> Tensor:
+            """Bound per query position t on ‖M·term‖ for the head term (q=a, k=b, v=c): (T,)."""
+            # n(t) max_x Σ_{s≤t} max_y S(t, x, s, y)·N(s, y), with S ≥ sup |q_a(t)ᵀ A k_b(s)| and
+            # N(s, y) ≥ sup ‖B v_c(s)‖ given the query token x_t = x and the key token x_s = y (key and value
+            # share it; at s = t, y = x); and the same per coordinate in an orthonormal basis of B's range with
+            # the signs of score and value kept (interval products), then ‖·‖₂ over the coordinates.
             attn = model.blocks[c.layer].attn
             A = attn.W_Q[c.head].detach().to(**f64).T @ attn.W_K[c.head].detach().to(**f64)  # (d, d)
             B = attn.W_O[c.head].detach().to(**f64) @ attn.W_V[c.head].detach().to(**f64)
             B = B if M is None else M @ B
-            n = base.n
+            n, Vn = base.n, base.V
             key_v = ("N", v, id(M))
             if key_v not in cache:
-                cache[key_v] = sup(v, B[None])[0]  # (s,)
+                cache[key_v] = sup(v, B[None], branch=True)[0]  # (s, y)
             N = cache[key_v]
-            emb_b = comps[b].kind == "embed"
             if comps[a].kind == "embed":  # enumerate the query token: maps (A^T e(x, t))^T
                 key = ("qe", b)
                 if key not in cache:
-                    Lq = (base.e @ A).reshape(T * base.V, 1, -1)  # rows e(x,t)^T A
-                    cache[key] = sup(b, Lq).reshape(T, base.V, T).amax(dim=1)  # (t, s)
-                S = cache[key]
-            elif emb_b:  # enumerate the key token
+                    hi, lo = support(b, (base.e @ A).reshape(T * Vn, -1))  # rows e(x,t)^T A: ((t, x), s, y)
+                    hi, lo = hi.reshape(T, Vn, T, Vn), lo.reshape(T, Vn, T, Vn)  # (t, x, s, y)
+                    cache[key] = (torch.maximum(hi, -lo), hi, lo)
+            elif comps[b].kind == "embed":  # enumerate the key token
                 key = ("ke", a)
                 if key not in cache:
-                    Lk = (base.e @ A.T).reshape(T * base.V, 1, -1)  # rows (A e(y, s))^T
-                    cache[key] = sup(a, Lk).reshape(T, base.V, T)  # (s, y, t)
-                S = cache[key].amax(dim=1).T  # (t, s)
+                    hi, lo = support(a, (base.e @ A.T).reshape(T * Vn, -1))  # rows (A e(y, s))^T: ((s, y), t, x)
+                    hi = hi.reshape(T, Vn, T, Vn).permute(2, 3, 0, 1)  # (t, x, s, y)
+                    lo = lo.reshape(T, Vn, T, Vn).permute(2, 3, 0, 1)
+                    cache[key] = (torch.maximum(hi, -lo), hi, lo)
             else:
                 key = ("qq", a, b)
                 if key not in cache:
-                    qa, qA = sup(a, eye[None])[0], sup(a, A.T[None])[0]  # (t,)
-                    kb, kA = sup(b, eye[None])[0], sup(b, A[None])[0]  # (s,)
-                    S = torch.minimum(qA[:, None] * kb[None], qa[:, None] * kA[None])  # Cauchy–Schwarz
+                    qa, qA = sup(a, eye[None], branch=True)[0], sup(a, A.T[None], branch=True)[0]  # (t, x)
+                    kb, kA = sup(b, eye[None], branch=True)[0], sup(b, A[None], branch=True)[0]  # (s, y)
+                    S = torch.minimum(qA[:, :, None, None] * kb[None, None], qa[:, :, None, None] * kA[None, None])
+                    hi, lo = S, -S  # Cauchy–Schwarz, (t, x, s, y)
                     head_a = comps[a].kind == "head" and comps[a].layer == 0
                     head_b = comps[b].kind == "head" and comps[b].layer == 0
-                    if head_a and head_b:  # exact supports of the query set along A·(key atoms)
+                    if head_b:  # atoms of the key; signed supports of the query along A·(key atom), given x_t
                         hb = comps[b].head
-                        w = (base.val[hb] @ A.T).reshape(T * base.V, -1)  # rows A v_b(y, s2)
-                        hi, lo = base.head_support(comps[a].head, w)  # ((s2, y), t, x)
-                        hi = hi.reshape(T, base.V, T, base.V)
-                        lo = lo.reshape(T, base.V, T, base.V)
-                        S = torch.minimum(S, base.atom_sum(hb, None, (hi, lo)).T)  # (s, t) -> (t, s)
-                    elif head_b:  # atoms of the key, |q · A v| from the query's bound
-                        hb = comps[b].head
-                        w = (base.val[hb] @ A.T).reshape(T * base.V, 1, -1)
-                        G = sup(a, w).reshape(T, base.V, T)  # (s2, y, t)
-                        S = torch.minimum(S, base.atom_sum(hb, G).T)
-                    elif head_a:  # atoms of the query, |k · Aᵀ v| from the key's bound
+                        w = (base.val[hb] @ A.T).reshape(T * Vn, -1)  # rows A v_b(y, s2)
+                        shi, slo = support(a, w)  # ((s2, y), t, x)
+                        up, down = base.atom_sum(hb, None, (shi.reshape(T, Vn, T, Vn), slo.reshape(T, Vn, T, Vn)),
+                                                 parts=True)  # (s, y, t, x) each
+                        hi = torch.minimum(hi, up.permute(2, 3, 0, 1))
+                        lo = torch.maximum(lo, down.permute(2, 3, 0, 1))
+                    elif head_a:  # atoms of the query; signed supports of the key along Aᵀ·(query atom), given x_s
                         ha = comps[a].head
-                        w = (base.val[ha] @ A).reshape(T * base.V, 1, -1)  # rows (Aᵀ v_a)ᵀ
-                        G = sup(b, w).reshape(T, base.V, T)  # (s1, y, s)
-                        S = torch.minimum(S, base.atom_sum(ha, G))  # (t, s)
-                    cache[key] = S
-                S = cache[key]
+                        w = (base.val[ha] @ A).reshape(T * Vn, -1)  # rows (Aᵀ v_a(y, s1))ᵀ
+                        shi, slo = support(b, w)  # ((s1, y1), s, y)
+                        up, down = base.atom_sum(ha, None, (shi.reshape(T, Vn, T, Vn), slo.reshape(T, Vn, T, Vn)),
+                                                 parts=True)  # (t, x, s, y) each
+                        hi, lo = torch.minimum(hi, up), torch.maximum(lo, down)
+                    S = torch.minimum(S, torch.maximum(hi, -lo))
+                    cache[key] = (S, torch.minimum(hi, S), torch.maximum(lo, -S))
+            S, S_hi, S_lo = (X * same_token for X in cache[key])
             if cache is not None and "S_sum" in cache and (a, b) not in cache["S_pairs"]:
                 cache["S_pairs"].add((a, b))
-                cache["S_sum"] = cache["S_sum"] + S
-            pair = S * N[None]  # (t, s)
-            if emb_b and comps[v].kind == "embed":  # k and v are the same e(y, s): couple them
-                key = ("ke", a)
-                if key not in cache:
-                    Lk = (base.e @ A.T).reshape(T * base.V, 1, -1)
-                    cache[key] = sup(a, Lk).reshape(T, base.V, T)
-                Bnorm = (base.e @ B.T).norm(dim=-1)  # (s, y)
-                pair = torch.minimum(pair, (cache[key] * Bnorm[:, :, None]).amax(dim=1).T)
-            return n * (pair * causal).sum(dim=1)  # (t,)
+                cache["S_sum"] = cache["S_sum"] + S.amax(dim=(1, 3))
+            pair = (S * N[None, None]).amax(dim=3)  # (t, x, s): the key token shared by score and value
+            norm_bound = n * (pair * causal[:, None]).sum(dim=2).amax(dim=1)  # (t,)
+            # coordinates in an orthonormal basis of B's range: per row r, the signed products of the score
+            # interval and the value interval (attention-score signs kept), summed over s; then ‖·‖₂ over r
+            key_r = ("rows", v, id(M))
+            if key_r not in cache:
+                U = torch.linalg.svd(B, full_matrices=False)[0]  # (out, r), orthonormal columns spanning B's range
+                cache[key_r] = support(v, U.T @ B)  # (r, s, y) each
+            vh, vl = (X[:, None, None] for X in cache[key_r])  # (r, 1, 1, s, y)
+            corners = torch.stack([S_hi * vh, S_hi * vl, S_lo * vh, S_lo * vl])  # (4, r, t, x, s, y)
+            impossible = same_token == 0  # s = t with a key token other than the query token
+            up = corners.amax(dim=0).masked_fill(impossible, -torch.inf).amax(dim=-1)  # (r, t, x, s)
+            down = corners.amin(dim=0).masked_fill(impossible, torch.inf).amin(dim=-1)
+            up = (up * causal[:, None]).sum(dim=-1)  # (r, t, x): finite, y = x is always possible at s = t
+            down = (down * causal[:, None]).sum(dim=-1)
+            coord = n * torch.maximum(up, -down).norm(dim=0).amax(dim=1)  # (t,)
+            return torch.minimum(norm_bound, coord)
 
         def mlp_term(c, a: int, b: int, M: Tensor | None, cache: dict) -> Tensor:
             mlp = model.blocks[c.layer].mlp

@@ -271,11 +271,13 @@ def _run(ctx) -> str:
     t_cert = time.perf_counter() - t0
     l1h = next(r for r in ratio_rows if r[0] == "layer-1 heads")
     l1m = next(r for r in ratio_rows if r[0] == "layer-1 MLP")
-    out += ["", f"**Certificate tightness.** Per-term bounds b ≥ sup over every sequence and position of "
+    out += ["", f"**Bound tightness.** Per-term bounds b ≥ sup over every sequence and position of "
                 "‖term‖₂ in logit space, (a) the vertex bounds (`slt_interp.bilinear.vertex_bounds`: layer-0 "
                 "outputs are sums of per-token vectors, every term is multilinear in its sources, so maxima are "
-                "taken over vertex combinations; exact support functions of the layer-0 residual per MLP hidden "
-                "unit) against (b) the previous norm-product bounds. Bounds in exact arithmetic, evaluated in "
+                "taken over vertex combinations; the layer-0 MLP output along any direction is a pairwise function of "
+                "the tokens, bounded by splitting it into pair potentials; head terms branch on the query and key "
+                "tokens and keep the signs of score and value as intervals) against (b) the previous norm-product "
+                "bounds. Bounds in exact arithmetic, evaluated in "
                 f"float64 ({t_bounds:.1f} s for both). On the report model the denominator is the largest ‖term‖ "
                 f"found from {probe.shape[0]} sequences (task data of all periods and uniform random ones) improved "
                 f"by {sweeps} sweep(s) of coordinate ascent per term: a lower bound on the true worst case, so "
