@@ -279,6 +279,15 @@ class _ChainLoop:
     def dist2(self) -> Tensor:
         return self._stack(self._dist2)
 
+    @property
+    def acceptance(self) -> Tensor:
+        """(C, k) MALA acceptance probabilities at the monitored steps ``acceptance_steps``."""
+        return self._stack(self._acc)
+
+    @property
+    def acceptance_steps(self) -> list[int]:
+        return list(self._acc_steps)
+
     def run_record(self, diverged: tuple[int, ...] = ()) -> _Run:
         return _Run(self.losses, self.dist2, self._stack(self._acc), torch.tensor(self._acc_steps, dtype=torch.long),
                     self.baseline, self.w.clone(), self.t,

@@ -47,6 +47,14 @@ class RankLoop:
     def dist2(self) -> Tensor:
         return self._gathered("dist2")
 
+    @property
+    def acceptance(self) -> Tensor:
+        return self._gathered("acceptance")
+
+    @property
+    def acceptance_steps(self) -> list[int]:
+        return self.local.acceptance_steps
+
     def state_dict(self) -> dict:
         return self.local.state_dict()
 

@@ -224,6 +224,8 @@ class LLCEstimate:
             f"{self.settings.num_draws} draws, {self.settings.sampler.upper()} ε = {self.settings.step_size:.3g}, γ = {self.settings.localization:g}, "
             f"nβ = {self.settings.nbeta:.4g}; R̂ {d.rhat:.3f}, ESS {d.ess:.0f}, MALA {d.mala_acceptance:.3f}"
             + ("" if self.converged else "; NOT CONVERGED") + ")"
+            + "".join(f"\n  step: ε {old:.3g} → {new:.3g} at step {at} ({why})"
+                      for at, old, new, why in self.step_size_backoffs if why.startswith("MALA acceptance"))
             + "".join(f"\n  warning: {w}" for w in d.warnings)
         )
 
@@ -312,6 +314,8 @@ def _summarise(run: _Run, problem: _Problem, cfg: RunSettings, *, num_burnin, st
                      "the draws may not be equilibrated there; raise num_burnin (or leave num_draws and num_burnin None: adaptive)")
     backoffs = tuple(tuple(x) for x in record.backoffs) if record is not None else ()
     for at, old, new, why in backoffs:
+        if why.startswith("MALA acceptance"):  # the acceptance check working as designed: recorded, not a warning
+            continue
         warns.append(f"the calibrated step size {old:.3g} diverged at step {at} ({why}); the run restarted from the last "
                      f"healthy state with ε = {new:.3g}")
     converged = True
@@ -431,6 +435,7 @@ def _estimate_in(problem: _Problem, cfg: RunSettings, *, checkpoint_path, resume
     run, rec = drive(make_loop, step_size=step_size, nbeta=cfg.nbeta, num_burnin=cfg.num_burnin,
                      num_draws=cfg.num_draws, targets=cfg.targets, backoff=calibration is not None, checkpoint_path=ckpt,
                      checkpoint_every=cfg.checkpoint_every, fingerprint=fp, resume=resume, on_divergence=on_divergence,
+                     check_acceptance=calibration is not None and cfg.sampler != "mala" and cfg.mala_every > 0,
                      **spread)
     est = _summarise(run, problem, cfg, num_burnin=rec.burnin_end, step_size=rec.step_size, loss_name=loss_name,
                      calibration=calibration, prior_warnings=prior_warnings, record=rec)

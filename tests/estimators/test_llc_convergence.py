@@ -114,3 +114,26 @@ def test_calibration_grid_follows_the_curvature_of_a_stiff_model():
     assert cal.candidates[0] == pytest.approx(2 / (nbeta * h + 1.0), rel=1e-6)
     assert not all(cal.diverged)
     assert cal.step_size * (nbeta * h + 1.0) <= 0.5
+
+
+def test_calibrated_step_with_low_acceptance_in_the_run_is_cut(monkeypatch):
+    """A calibrated step that is stable but resolves p poorly once the chains spread (MALA acceptance
+    ≈ 0.7 < 0.85 over the draws) is cut towards acceptance 0.92 and the run restarts; an explicit step is
+    left alone."""
+    model, x, y = linear_problem("cpu")
+    loose = StepSizeCalibration(0.0058, "test: stable but coarse", (0.0058,), (1.0,), (False,), 0.0, (), 8)
+    monkeypatch.setattr(llc_estimate, "_calibrate", lambda *a, **k: loose)
+    kw = dict(num_chains=2, num_draws=400, num_burnin=100, seed=0, batch_size=200)
+    est = estimate_llc(model, mse, (x, y), **kw)
+    cuts = [b for b in est.step_size_backoffs if b[3].startswith("MALA acceptance")]
+    assert len(cuts) == 1 and cuts[0][1] == 0.0058 and est.settings.initial_step_size == 0.0058
+    assert 0.0058 / 10 <= est.settings.step_size <= 0.7 * 0.0058
+    assert est.diagnostics.mala_acceptance >= 0.85 and est.loss_traces.shape == (2, 400)
+    assert "step: ε 0.0058 →" in repr(est) and not any("MALA acceptance" in w for w in est.diagnostics.warnings)
+    # past half of the step budget there is no time to re-equilibrate: no cut, and the result warns
+    with pytest.warns(LLCConvergenceWarning, match="MALA acceptance 0.[0-8][0-9] < 0.9"):
+        late = estimate_llc(model, mse, (x, y), max_steps=800, **kw)
+    assert not late.step_size_backoffs and late.settings.step_size == 0.0058
+    monkeypatch.undo()
+    fixed = estimate_llc(model, mse, (x, y), step_size=0.0058, **kw)
+    assert not fixed.step_size_backoffs and fixed.diagnostics.mala_acceptance < 0.85
