@@ -27,7 +27,8 @@ from torch import nn
 from experiments.benchmarks._machine import load_note
 
 NUM_CHAINS = 8
-SETTINGS = dict(num_burnin=20, num_draws=100, step_size=1e-4, batch_size=64, mala_every=0)
+REPEATS = 5
+SETTINGS = dict(num_burnin=20, num_draws=200, step_size=1e-4, batch_size=64, mala_every=0)
 
 
 def _setup(width: int = 300, n: int = 4096, seed: int = 0):
@@ -47,7 +48,11 @@ def _mse(p, t):
 
 
 def _worker(rank: int, size: int, init: str, out: str, threads: int, cuda: bool) -> None:
-    from slt_interp.estimators import estimate_llc
+    import warnings
+
+    from slt_interp.estimators import LLCConvergenceWarning, estimate_llc
+
+    warnings.simplefilter("ignore", LLCConvergenceWarning)  # fixed short runs for timing, not converged estimates
 
     backend = "nccl" if cuda else "gloo"
     if cuda:
@@ -60,13 +65,16 @@ def _worker(rank: int, size: int, init: str, out: str, threads: int, cuda: bool)
         model, x, y = model.cuda(), x.cuda(), y.cuda()
     run = dict(SETTINGS, num_draws=4, num_burnin=2)  # warm-up: imports, first vmap trace, allocator
     estimate_llc(model, _mse, (x, y), num_chains=NUM_CHAINS, num_threads=threads, distributed=size > 1, **run)
-    if size > 1:
-        torch.distributed.barrier()
-    t0 = time.perf_counter()
-    est = estimate_llc(model, _mse, (x, y), num_chains=NUM_CHAINS, num_threads=threads, distributed=size > 1, **SETTINGS)
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds = float("inf")
+    for _ in range(REPEATS):  # best of REPEATS
+        if size > 1:
+            torch.distributed.barrier()
+        t0 = time.perf_counter()
+        est = estimate_llc(model, _mse, (x, y), num_chains=NUM_CHAINS, num_threads=threads, distributed=size > 1,
+                           **SETTINGS)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = min(seconds, time.perf_counter() - t0)
     if rank == 0:
         torch.save(dict(seconds=seconds, traces=est.loss_traces.cpu(), mean=est.mean, std_err=est.std_err,
                         params=sum(p.numel() for p in model.parameters())), out)
@@ -118,7 +126,9 @@ def main(argv: list[str] | None = None) -> Path:
         f"Setting: MLP 8 → 300 → 300 → 2 (tanh), {base['params']} parameters, n = 4096, {NUM_CHAINS} chains, "
         f"{SETTINGS['num_burnin']} burn-in + {SETTINGS['num_draws']} draws, batch {SETTINGS['batch_size']}, "
         f"ε = {SETTINGS['step_size']:g}, MALA monitoring off. Each of k processes runs {NUM_CHAINS}/k chains with "
-        f"{cores}/k intra-op threads; wall time of the estimate on rank 0 (after a warm-up run), one run per row.",
+        f"{cores}/k intra-op threads; wall time of the estimate on rank 0 (after a warm-up run), best of {REPEATS} runs per row. "
+        "The runs are short fixed-length timing runs (not converged; λ̂ only shows that every row computes the same "
+        "chains).",
         "",
         "| processes | chains each | threads each | seconds | speed-up vs 1 | efficiency | chains vs 1 process | λ̂ |",
         "|---|---|---|---|---|---|---|---|",
