@@ -14,6 +14,7 @@ from .llc_estimate import (
 )
 from .higher_order import QuarticAnalysis, analyze_quartic, bounds_from_quartic, sharpen_bounds
 from .losses import behavioral_kl, behavioral_mse
+from .batch_loss import BatchLoss, batch_loss
 from .curvature import CurvatureOperator, GaussNewtonOperator, HessianOperator
 from .curvature_plots import plot_rank_curve, plot_spectrum
 from .lanczos import LanczosResult, lanczos
@@ -29,6 +30,8 @@ from .sgld import mala_acceptance, sgld_step
 from .taylor import TaylorMode, directional_derivatives, fourth_derivative, third_derivative_vector
 
 __all__ = [
+    "BatchLoss",
+    "batch_loss",
     "CurvatureOperator",
     "GaussNewtonOperator",
     "HessianOperator",

@@ -23,12 +23,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from . import _checkpoint
 from ._chains import _Problem
-from .input_checks import ParamSelection, check_data, eval_mode, flat_model, probe_loss
+from .input_checks import ParamSelection, check_data, flat_model, loss_of_batch, probe_loss
 
 Batch = Any  # a tuple/list of tensors or a dict of tensors (and other values)
 
@@ -114,21 +113,7 @@ def streaming_problem(model: nn.Module, loss_fn: Callable | None, data, *, param
     unflatten = flat.unflatten
 
     def loss_on(w: Tensor, batch: Batch) -> Tensor:
-        b = _to(batch, dev, dtype)
-        with eval_mode(model):
-            if isinstance(b, Mapping):
-                out = functional_call(model, (unflatten(w), buffers), args=(), kwargs=dict(b))
-                if loss_fn is not None:
-                    return loss_fn(out, b)
-                loss = getattr(out, "loss", None)
-                if loss is None and isinstance(out, Mapping):
-                    loss = out.get("loss")
-                if loss is None:
-                    raise ValueError("loss_fn=None but the model output has no `.loss`: put `labels` in the batches "
-                                     "(Hugging Face models then return the loss) or pass loss_fn(output, batch)")
-                return loss
-            x, *rest = b
-            return loss_fn(functional_call(model, (unflatten(w), buffers), (x,)), *rest)
+        return loss_of_batch(model, {**unflatten(w), **buffers}, _to(batch, dev, dtype), loss_fn)
 
     def full_loss(w: Tensor) -> Tensor:
         return sum((c / n) * loss_on(w, b) for c, b in zip(counts, batches))

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
+from .batch_loss import BatchLoss
 from .distributed import ShardedLoss, broadcast_object
 from .flat import FlatProblem, Params, check_loss_value, flatten, unflatten
 from .model_losses import DataLoss
@@ -53,7 +54,7 @@ class CurvatureOperator:
     Attributes:
         dtype, device: those of the parameters.
         num_matvecs: matrix–vector products computed so far (a block of k columns counts k; the
-            one-time probe of ``mode="auto"`` is not counted).
+            timing products of ``mode="auto"`` are not counted).
     """
 
     def __init__(self, dim: int, dtype: torch.dtype, device: torch.device):
@@ -173,8 +174,8 @@ class CurvatureOperator:
 
 
 def _terms(loss: Callable, problem: FlatProblem) -> list[tuple[float, Callable[[Tensor], Tensor]]]:
-    """(weight, flat loss) per batch: a DataLoss is split into its batches, anything else is one term."""
-    if not isinstance(loss, DataLoss):
+    """(weight, flat loss) per batch: a DataLoss or BatchLoss is split into its batches, anything else is one term."""
+    if not isinstance(loss, (DataLoss, BatchLoss)):
         return [(1.0, problem.fn)]
     names, shapes, is_dict = problem.names, problem.shapes, problem.is_dict
     terms = []
@@ -190,17 +191,24 @@ class HessianOperator(CurvatureOperator):
     H·v is computed as ``jvp(grad(L), (w*,), (v,))`` (forward-over-reverse; Pearlmutter 1994, "Fast exact
     multiplication by the Hessian"), vmapped over the columns of a block; ``mode="reverse"`` uses
     ``vjp(grad(L))`` instead (reverse-over-reverse, for operations without forward-mode AD, e.g. some fused
-    attention kernels). ``mode="auto"`` times both modes on one column at the first product and keeps the
-    faster one (on CPU reverse-over-reverse often wins); it uses reverse mode for good if forward mode
-    fails (e.g. ``F.mse_loss`` against a constant target raises "ZeroTensors are immutable" under
-    forward-over-reverse in torch 2.x; writing the loss as ``((p - t) ** 2).mean()`` avoids that).
+    attention kernels). ``mode="auto"`` times both modes at the first product with a block of each new
+    width k and keeps the faster one for that width in ``mode_by_width`` (which mode wins depends on the
+    model, the device and k; on CPU reverse-over-reverse often wins); it uses reverse mode for good
+    (``mode`` becomes "reverse") if forward mode fails (e.g. ``F.mse_loss`` against a constant target
+    raises "ZeroTensors are immutable" under forward-over-reverse in torch 2.x; writing the loss as
+    ``((p - t) ** 2).mean()`` avoids that). For a :class:`ShardedLoss` rank 0's choice is used by every
+    process.
 
     Args:
-        loss: ``loss(params) -> scalar``; a :class:`DataLoss` is differentiated batch by batch and the
+        loss: ``loss(params) -> scalar``; a :class:`DataLoss`, or a :class:`BatchLoss` of dict or tuple
+            batches (:func:`slt_interp.estimators.batch_loss`), is differentiated batch by batch and the
             products summed with weights n_b/n.
         params: w*, a Tensor or a dict of Tensors (one device and dtype).
         mode: "auto", "forward" or "reverse".
         chunk_size: columns per vmapped call (``None``: the whole block at once).
+
+    Attributes:
+        mode_by_width: for ``mode="auto"``, the mode chosen for each block width so far ``{k: mode}``.
 
     Raises:
         TypeError: ``loss`` not callable, non-floating params, or a loss value that is not a tensor or
@@ -219,6 +227,7 @@ class HessianOperator(CurvatureOperator):
     def __init__(self, loss: Callable[[Params], Tensor], params: Params, *, mode: str = "auto", chunk_size: int | None = None):
         self._init_loss_operator(loss, params, mode, chunk_size)
         self._terms = _terms(loss, self.problem)
+        self.mode_by_width: dict[int, str] = {}
 
     def _hvp_block(self, fn: Callable[[Tensor], Tensor], V: Tensor, mode: str) -> Tensor:
         w0 = self.problem.w0
@@ -234,35 +243,50 @@ class HessianOperator(CurvatureOperator):
         return vmap(column, in_dims=1, out_dims=1, chunk_size=self.chunk_size)(V)
 
     def _matmat(self, V: Tensor) -> Tensor:
-        if self.mode == "auto":
-            self.mode = self._agree(self._choose_mode(V[:, :1]))
-        return self._reduce(self._sum(V, self.mode))
+        if self.mode != "auto":
+            return self._reduce(self._sum(V, self.mode))
+        width = V.shape[1]
+        if width not in self.mode_by_width:
+            mode, out = self._choose_mode(V)
+            self.mode_by_width[width] = self._agree(mode)
+            if self.mode_by_width[width] == mode:  # the timed product of the chosen mode is the answer
+                return self._reduce(out)
+        return self._reduce(self._sum(V, self.mode_by_width[width]))
 
-    def _choose_mode(self, probe: Tensor) -> str:
-        """The faster exact mode on this model and device, from timing both twice on one column.
+    def _choose_mode(self, V: Tensor) -> tuple[str, Tensor]:
+        """The faster exact mode for blocks of this width, from timing both modes on ``V``.
 
-        Alternating, best of two, so that first-call overheads do not decide. These probe products
-        are not counted in ``num_matvecs``.
+        Which mode wins depends on the model, the device and the block width (vmapped forward-over-
+        reverse and reverse-over-reverse scale differently with the number of columns), so the
+        choice is made once per new width. At the first width both modes are first run on one
+        column, so that first-call overheads do not decide; a one-column block is timed twice per
+        mode (best of two), a wider one once. If forward mode fails (an operation
+        without forward-mode AD), reverse mode is used at every width (``self.mode = "reverse"``).
+        These timing products are not counted in ``num_matvecs``.
 
         Returns:
-            "forward" or "reverse".
+            ``(mode, product)``: "forward" or "reverse", and that mode's product with ``V``.
         """
-        try:
-            self._sum(probe, "forward")
-        except (NotImplementedError, RuntimeError) as forward_error:
-            # forward-mode AD is missing or broken for some operations (fused attention kernels,
-            # F.mse_loss with a constant target in torch 2.x: "ZeroTensors are immutable")
+        if not self.mode_by_width:
             try:
-                self._sum(probe, "reverse")
-            except Exception as reverse_error:
-                raise reverse_error from forward_error
-            return "reverse"
-        best = {"forward": float("inf"), "reverse": float("inf")}
-        for mode in ("reverse", "forward", "reverse", "forward"):
+                self._sum(V[:, :1], "forward")
+            except (NotImplementedError, RuntimeError) as forward_error:
+                # forward-mode AD is missing or broken for some operations (fused attention kernels,
+                # F.mse_loss with a constant target in torch 2.x: "ZeroTensors are immutable")
+                try:
+                    out = self._sum(V, "reverse")
+                except Exception as reverse_error:
+                    raise reverse_error from forward_error
+                self.mode = "reverse"  # every process fails alike: _matmat's _agree keeps them together
+                return "reverse", out
+            self._sum(V[:, :1], "reverse")
+        seconds, outs = {"forward": float("inf"), "reverse": float("inf")}, {}
+        for mode in ("forward", "reverse") * (2 if V.shape[1] == 1 else 1):  # one column: best of two
             start = time.perf_counter()
-            self._sum(probe, mode)
-            best[mode] = min(best[mode], time.perf_counter() - start)
-        return min(best, key=best.get)
+            outs[mode] = self._sum(V, mode)
+            seconds[mode] = min(seconds[mode], time.perf_counter() - start)
+        best = min(seconds, key=seconds.get)
+        return best, outs[best]
 
     def _sum(self, V: Tensor, mode: str) -> Tensor:
         out = None

@@ -398,3 +398,39 @@ def flat_model(model: nn.Module, params: ParamSelection, device=None) -> FlatMod
     if mask is not None:
         mask = mask.to(device=dev, dtype=w0.dtype)
     return FlatModel(names, shapes, w0, buffers, mask)
+
+
+def loss_of_batch(model: nn.Module, values: Mapping[str, Tensor], batch, loss_fn: Callable | None) -> Tensor:
+    """The loss of one batch at parameters-and-buffers ``values``, in eval mode.
+
+    Tuple batches: ``loss_fn(model(x), *rest)``. Dict batches: ``loss_fn(model(**batch), batch)``, or with
+    ``loss_fn=None`` the model output's ``.loss`` (Hugging Face models compute it when the batch holds
+    ``labels``). Shared by the streamed samplers and :class:`slt_interp.estimators.BatchLoss`.
+
+    Args:
+        model: the network.
+        values: ``{name: tensor}`` for its parameters and buffers.
+        batch: a tuple of tensors (inputs first) or a dict.
+        loss_fn: the loss, or None for a dict batch whose model output carries ``.loss``.
+
+    Returns:
+        The scalar loss.
+
+    Raises:
+        ValueError: ``loss_fn=None`` and the output has no ``.loss``.
+    """
+    with eval_mode(model):
+        if isinstance(batch, Mapping):
+            out = functional_call(model, dict(values), args=(), kwargs=dict(batch))
+            if loss_fn is not None:
+                return loss_fn(out, batch)
+            value = getattr(out, "loss", None)
+            if value is None and isinstance(out, Mapping):
+                value = out.get("loss")
+            if value is None:
+                raise ValueError("loss_fn=None but the model output has no `.loss`: put `labels` in the batches "
+                                 "(Hugging Face models then return the loss) or pass loss_fn(output, batch)")
+            return value
+        x, *rest = batch
+        return loss_fn(functional_call(model, dict(values), (x,)), *rest)
+

@@ -15,8 +15,14 @@ input w + t·v has only two non-zero coefficients, so the first layer costs two 
 The loss is traced once to an ATen graph (``torch.fx`` ``make_fx``); the graph is then interpreted
 with truncated-polynomial arithmetic. Supported operations cover MLPs, linear and bilinear models,
 the toy model of superposition, MSE / cross-entropy losses (matrix products, elementwise
-nonlinearities, reductions, reshapes, softmax). For any other operation, ``method="auto"`` falls
-back to nested ``torch.func.jvp`` (same values, slower); ``method="taylor"`` raises.
+nonlinearities, reductions, reshapes, softmax, ``logsumexp``, ``nll_loss``) and transformer language
+models (embeddings, ``gather``, ``masked_fill``, LayerNorm, ``F.scaled_dot_product_attention``; the fused
+attention kernels, which have no forward-mode AD, go through the identical softmax(q·kᵀ·scale + mask)·v).
+A loss that reads tensor values in Python (``F.one_hot`` checks its labels with ``.item()``) is traced
+with the values at w read concretely. For any other operation, or a loss that cannot be traced,
+``method="auto"`` falls back to nested ``torch.func.jvp`` (same values, slower; on the loss traced with
+LayerNorm decomposed and attention on its math kernel, because torch's nested jvp through
+``F.layer_norm`` is wrong in torch 2.13); ``method="taylor"`` raises.
 
 Everything is differentiable and vmappable: a batch of directions ``v`` of shape (m, d) is handled
 with ``torch.func.vmap``. Device and dtype follow ``w``.
@@ -167,7 +173,8 @@ def _recip(x: _Jet) -> _Jet:
 
 def _linear(fn: Callable, x: _Jet, *args, **kwargs):
     """An op linear in its first argument: apply it to every coefficient."""
-    outs = [None if c is None else fn(c, *args, **kwargs) for c in x.c]
+    shape = x.c[0].shape  # a higher coefficient may be stored broadcast (e.g. (n, 1) for (n, C))
+    outs = [None if c is None else fn(c if c.shape == shape else c.expand(shape), *args, **kwargs) for c in x.c]
     if isinstance(outs[0], (list, tuple)):  # split-like ops return several tensors
         n = len(outs[0])
         return [_Jet([None if o is None else o[i] for o in outs]) for i in range(n)]
@@ -280,6 +287,7 @@ _LINEAR = {
     aten.repeat.default, aten.narrow.default, aten.diagonal.default, aten.flip.default, aten.roll.default,
     aten.index_select.default, aten.index.Tensor, aten.unfold.default, aten.lift_fresh_copy.default,
     aten.cumsum.default, aten.trace.default, aten.tril.default, aten.triu.default,
+    aten.gather.default, aten.embedding.default,  # constant index / token ids: linear in the values
 }
 
 # In-place view ops that tracing leaves in the graph (e.g. matmul with a 1-D operand): replaced by
@@ -388,7 +396,8 @@ def _call(target, args, kwargs, K: int):
             if all(p is None for p in parts):
                 out.append(None)
             else:
-                out.append(target([torch.zeros_like(t.c[0]) if p is None else p for p, t in zip(parts, tensors)],
+                out.append(target([torch.zeros_like(t.c[0]) if p is None else p.expand(t.c[0].shape)
+                                   for p, t in zip(parts, tensors)],
                                   *args[1:], **kwargs))
         return _Jet(out)
     if target is aten.where.self:
@@ -426,6 +435,8 @@ def _call(target, args, kwargs, K: int):
             raise UnsupportedOperation(f"{target} returns several tensors")
         derivs = _elementwise_derivatives(lambda z: target(z, *rest, **kw), args[0].c[0], K)
         return _series_compose(args[0], derivs)
+    if target in _OP_RULES:
+        return _OP_RULES[target](target, args, kwargs, K)
     raise UnsupportedOperation(
         f"no truncated-polynomial rule for {target}; use method='nested' (or 'auto', which falls back)"
     )
@@ -469,6 +480,146 @@ def _interpret(gm: torch.fx.GraphModule, w: Tensor, v: Tensor, K: int) -> list[T
 
 
 # --------------------------------------------------------------------------------------------
+# Rules for the operations of language models (cross-entropy, LayerNorm, attention, masking)
+# --------------------------------------------------------------------------------------------
+def _bind(target, args, kwargs) -> dict:
+    """The arguments of an ATen call by name (schema defaults filled in)."""
+    bound = {}
+    for i, a in enumerate(target._schema.arguments):
+        if i < len(args) and not a.kwarg_only:
+            bound[a.name] = args[i]
+        elif a.name in kwargs:
+            bound[a.name] = kwargs[a.name]
+        elif a.has_default_value():
+            bound[a.name] = a.default_value
+    return bound
+
+
+def _value(x):
+    """The constant part of a jet (or the value itself)."""
+    return x.c[0] if _is_jet(x) else x
+
+
+def _where_jet(cond: Tensor, a, b, K: int) -> _Jet:
+    """where(cond, a, b) for constant cond: coefficient by coefficient (a, b jets or constants)."""
+    a, b = _as_jet(a, K), _as_jet(b, K)
+    out = [torch.where(cond, a.c[0], b.c[0])]
+    for x, y in zip(a.c[1:], b.c[1:]):
+        if x is None and y is None:
+            out.append(None)
+        else:
+            like = torch.as_tensor(x if x is not None else y)
+            zero = torch.zeros_like(like)
+            out.append(torch.where(cond, zero if x is None else x, zero if y is None else y))
+    return _Jet(out)
+
+
+def _masked_fill_rule(target, args, kwargs, K: int) -> _Jet:
+    # masked_fill(x, mask, value) = where(mask, value, x); the mask is a constant
+    x, mask, value = args[:3]
+    if _is_jet(mask):
+        raise UnsupportedOperation("masked_fill with a non-constant mask")
+    x = _as_jet(x, K)
+    if not _is_jet(value):
+        value = torch.as_tensor(value, dtype=x.c[0].dtype, device=x.c[0].device)
+    return _where_jet(mask, value, x, K)
+
+
+def _nll_loss_rule(target, args, kwargs, K: int):
+    # nll_loss(x, y) = −Σ_i w_{y_i}·x[i, y_i] / (Σ_i w_{y_i} or 1): linear in x for constant y, w
+    x, rest = args[0], args[1:]
+    if not _is_jet(x) or any(_is_jet(a) for a in rest) or any(_is_jet(a) for a in kwargs.values()):
+        raise UnsupportedOperation(f"{target} with non-constant targets or class weights")
+    total_weight = target(x.c[0], *rest, **kwargs)[1]
+    return (_linear(lambda c: target(c, *rest, **kwargs)[0], x), total_weight)
+
+
+def _logsumexp_rule(target, args, kwargs, K: int) -> _Jet:
+    b = _bind(target, args, kwargs)
+    x, dim, keepdim = _as_jet(b["self"], K), b["dim"], b["keepdim"]
+    dims = tuple(dim) if isinstance(dim, (list, tuple)) else (dim,)
+    m = torch.amax(x.c[0], dim=dims, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a constant shift: exact for any m
+    s = _linear(torch.sum, _exp_rule(_sum_jets(x, _const_jet(m, K), alpha=-1)), dim=dims, keepdim=keepdim)
+    out = _log_rule(s)
+    out.c[0] = out.c[0] + (m if keepdim else m.squeeze(dims))
+    return out
+
+
+def _safe_softmax(x: _Jet, dim: int) -> _Jet:
+    """softmax(x) along ``dim``, 0 on rows that are −inf throughout (as ``aten._safe_softmax``)."""
+    full = torch.isneginf(x.c[0]).all(dim=dim, keepdim=True)
+    if bool(full.any()):
+        x = _Jet([torch.where(full, torch.zeros_like(c), c) if c is not None else None for c in x.c])
+        y = _exp_rule(_log_softmax_rule(x, dim))
+        return _Jet([None if c is None else torch.where(full, torch.zeros_like(c), c) for c in y.c])
+    return _exp_rule(_log_softmax_rule(x, dim))
+
+
+def _safe_softmax_rule(target, args, kwargs, K: int) -> _Jet:
+    b = _bind(target, args, kwargs)
+    x = _as_jet(b["self"], K)
+    if b.get("dtype") is not None:
+        x = _linear(lambda c: c.to(b["dtype"]), x)
+    return _safe_softmax(x, b["dim"])
+
+
+def _layer_norm_rule(target, args, kwargs, K: int):
+    # y = (x − μ)·(σ² + ε)^(−1/2)·weight + bias over the last len(normalized_shape) dimensions
+    b = _bind(target, args, kwargs)
+    x = _as_jet(b["input"], K)
+    dims = tuple(range(-len(b["normalized_shape"]), 0))
+    mean = _linear(torch.mean, x, dim=dims, keepdim=True)
+    centred = _sum_jets(x, mean, alpha=-1)
+    var = _linear(torch.mean, _int_pow(centred, 2), dim=dims, keepdim=True)
+    rstd = _pow_rule(_Jet([var.c[0] + b["eps"]] + var.c[1:]), -0.5)
+    out = _cauchy(centred, rstd, torch.mul)
+    if b["weight"] is not None:
+        out = _call(aten.mul.Tensor, (out, b["weight"]), {}, K)
+    if b["bias"] is not None:
+        out = _call(aten.add.Tensor, (out, b["bias"]), {}, K)
+    return (out, mean, rstd)
+
+
+def _attention(q, k, v, mask, is_causal: bool, scale, enable_gqa: bool, K: int) -> _Jet:
+    """softmax(q·kᵀ·scale + mask)·v on jets, explicitly (Vaswani et al. 2017, arXiv 1706.03762)."""
+    q, k, v = _as_jet(q, K), _as_jet(k, K), _as_jet(v, K)
+    if enable_gqa and q.c[0].shape[-3] != k.c[0].shape[-3]:
+        rep = q.c[0].shape[-3] // k.c[0].shape[-3]
+        k = _linear(torch.repeat_interleave, k, rep, dim=-3)
+        v = _linear(torch.repeat_interleave, v, rep, dim=-3)
+    scale = 1.0 / math.sqrt(q.c[0].shape[-1]) if scale is None else scale
+    scores = _cauchy(_scale(q, scale), _linear(torch.transpose, k, -2, -1), torch.matmul)
+    L, S = q.c[0].shape[-2], k.c[0].shape[-2]
+    if is_causal:
+        keep = torch.ones(L, S, dtype=torch.bool, device=q.c[0].device).tril()
+        scores = _where_jet(keep, scores, torch.tensor(-math.inf, dtype=q.c[0].dtype, device=q.c[0].device), K)
+    if mask is not None:
+        if not _is_jet(mask) and mask.dtype == torch.bool:
+            scores = _where_jet(mask, scores, torch.tensor(-math.inf, dtype=q.c[0].dtype, device=q.c[0].device), K)
+        else:
+            scores = _sum_jets(scores, _as_jet(mask, K))
+    return _call(aten.matmul.default, (_safe_softmax(scores, -1), v), {}, K)
+
+
+def _sdpa_rule(target, args, kwargs, K: int):
+    # fused attention kernels (flash, memory-efficient, cuDNN, CPU flash) have no forward-mode AD:
+    # the jet goes through the mathematically identical softmax(q·kᵀ/√d + mask)·v
+    b = _bind(target, args, kwargs)
+    if float(b.get("dropout_p", 0.0)) != 0.0:
+        raise UnsupportedOperation(f"{target} with dropout_p > 0 (random; call model.eval())")
+    mask = b.get("attn_mask", b.get("attn_bias"))
+    out = _attention(b["query"], b["key"], b["value"], mask, bool(b.get("is_causal", False)), b.get("scale"),
+                     bool(b.get("enable_gqa", False)), K)
+    if target is aten.scaled_dot_product_attention.default:
+        return out
+    # the kernel's other outputs (log-sum-exp, RNG state) are only read by its backward: constants
+    plain = [_value(a).detach() if isinstance(_value(a), Tensor) else _value(a) for a in args]
+    rest = target(*plain, **{n: _value(a) for n, a in kwargs.items()})
+    return (out,) + tuple(rest[1:])
+
+
+# --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
 def nested_directional_derivative(fn: Callable[[Tensor], Tensor], w: Tensor, v: Tensor, order: int) -> Tensor:
@@ -489,7 +640,8 @@ class TaylorMode:
         fn: the loss as a function of a flat parameter vector (e.g. ``FlatProblem.fn``).
         w: the expansion point (1-D tensor), e.g. ``FlatProblem.w0``.
         method: "taylor" (raise on unsupported operations), "nested" (nested jvp everywhere) or
-            "auto" (Taylor mode when every operation has a rule, else nested jvp).
+            "auto" (Taylor mode when every operation has a rule, else nested jvp on the loss traced with
+            LayerNorm decomposed and attention on its math kernel, see ``_nested_reference``).
 
     Raises:
         ValueError: w not a 1-D floating tensor, or an unknown method.
@@ -512,17 +664,24 @@ class TaylorMode:
         self.method = method
         self.graph = None
         self.unsupported: str | None = None
+        self._nested_fn = fn
         if method != "nested":
-            from torch.fx.experimental.proxy_tensor import make_fx
-
-            gm = make_fx(functionalize(fn))(self.w)
-            try:  # a dry run at order 4 finds unsupported operations now rather than later
-                _interpret(gm, self.w, torch.zeros_like(self.w), 4)
+            try:
+                gm = _trace(fn, self.w)
+                # a dry run at order 4 finds unsupported operations now rather than later
+                value = _interpret(gm, self.w, torch.zeros_like(self.w), 4)[0]
+                _check_trace_value(value, fn(self.w))
                 self.graph = gm
             except UnsupportedOperation as err:
                 if method == "taylor":
                     raise
                 self.unsupported = str(err)
+            except (RuntimeError, TypeError, IndexError) as err:  # a rule that does not fit this call
+                if method == "taylor":
+                    raise UnsupportedOperation(f"Taylor-mode propagation failed ({type(err).__name__}: {err})") from err
+                self.unsupported = f"Taylor-mode propagation failed ({type(err).__name__}: {err})"
+            if self.graph is None:
+                self._nested_fn = _nested_reference(fn, self.w)
 
     @property
     def uses_taylor(self) -> bool:
@@ -536,9 +695,10 @@ class TaylorMode:
     def _coeffs_single(self, w: Tensor, v: Tensor, order: int) -> Tensor:
         if self.graph is not None:
             return torch.stack(_interpret(self.graph, w, v, order))
-        out = [self.fn(w)]
-        for k in range(1, order + 1):
-            out.append(nested_directional_derivative(self.fn, w, v, k) / math.factorial(k))
+        with _math_attention():  # fused attention kernels have no forward-mode AD; the math one has
+            out = [self._nested_fn(w)]
+            for k in range(1, order + 1):
+                out.append(nested_directional_derivative(self._nested_fn, w, v, k) / math.factorial(k))
         return torch.stack(out)
 
     def _batched(self, single: Callable[[Tensor], Tensor], v: Tensor) -> Tensor:
@@ -629,6 +789,79 @@ class TaylorMode:
         return self._batched(single, v)
 
 
+def _math_attention():
+    """A context in which ``F.scaled_dot_product_attention`` uses its math kernel (forward-mode AD)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def _trace(fn: Callable[[Tensor], Tensor], w: Tensor, decomposition_table=None) -> torch.fx.GraphModule:
+    """The ATen graph of ``fn`` at ``w``.
+
+    Python code that reads tensor values (e.g. ``F.one_hot`` checks its labels with ``.item()``) stops
+    the default trace; it is traced again with the values of this point read concretely, which is
+    exact at ``w`` (the point every derivative is taken at).
+
+    Args:
+        fn: the flat loss.
+        w: the point.
+        decomposition_table: ATen operations to trace through (``make_fx``'s table).
+
+    Returns:
+        The traced graph module.
+
+    Raises:
+        UnsupportedOperation: ``fn`` cannot be traced either way.
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    try:
+        return make_fx(functionalize(fn), decomposition_table)(w)
+    except Exception as first:  # noqa: BLE001 - any tracing failure means: fall back
+        try:
+            return make_fx(functionalize(fn), decomposition_table, _error_on_data_dependent_ops=False)(w)
+        except Exception as err:  # noqa: BLE001
+            raise UnsupportedOperation(
+                f"the loss could not be traced to an ATen graph ({type(first).__name__}: {str(first)[:200]}); "
+                "use method='nested' (or 'auto', which falls back)"
+            ) from err
+
+
+def _nested_reference(fn: Callable[[Tensor], Tensor], w: Tensor) -> Callable[[Tensor], Tensor]:
+    """The function the nested-jvp fallback differentiates: ``fn`` traced with LayerNorm decomposed.
+
+    torch's forward-over-forward derivative of ``native_layer_norm`` is wrong (torch 2.13: the second
+    directional derivative of ``F.layer_norm`` by nested ``jvp`` disagrees with finite differences,
+    while its decomposition into mean, variance and rsqrt is exact), and fused attention kernels have
+    no forward-mode AD; so the loss is traced under the math attention kernel with LayerNorm
+    decomposed. If that trace fails, ``fn`` itself is used.
+
+    Returns:
+        A function of the flat vector with the value of ``fn``.
+    """
+    from torch._decomp import get_decompositions
+
+    try:
+        with _math_attention():
+            gm = _trace(fn, w, get_decompositions([aten.native_layer_norm.default]))
+            _check_trace_value(jvp(gm, (w,), (torch.zeros_like(w),))[0], fn(w))  # traced, and forward-mode works
+        return gm
+    except Exception:  # noqa: BLE001 - any failure: differentiate fn itself
+        return fn
+
+
+def _check_trace_value(traced: Tensor, direct: Tensor) -> None:
+    """The traced graph must reproduce the loss value at w (else the trace is not the loss)."""
+    direct = torch.as_tensor(direct).detach().reshape(()).to(traced.dtype)
+    tol = torch.finfo(traced.dtype).eps ** 0.5  # rounding (explicit vs fused attention) stays far below
+    if not torch.allclose(traced.detach(), direct, rtol=tol, atol=tol * 1e-2) and not (traced.isnan() and direct.isnan()):
+        raise UnsupportedOperation(
+            f"the traced loss gives {float(traced):.6g} at w, the loss itself {float(direct):.6g} (a data-dependent "
+            "trace); use method='nested' (or 'auto', which falls back)"
+        )
+
+
 def _tm(fn, w, method) -> TaylorMode:
     return fn if isinstance(fn, TaylorMode) else TaylorMode(fn, w, method)
 
@@ -692,4 +925,17 @@ def fourth_derivative(fn, w: Tensor, v: Tensor, method: str = "auto") -> Tensor:
 _UNARY_RULES = {
     aten.reciprocal.default: _recip, aten.tanh.default: _tanh_rule, aten.exp.default: _exp_rule,
     aten.log.default: _log_rule, aten.sigmoid.default: _sigmoid_rule, aten.relu.default: _relu_rule,
+}
+
+# Multi-argument ops → rules ``rule(target, args, kwargs, K)`` (used by _call).
+_OP_RULES = {
+    aten.masked_fill.Scalar: _masked_fill_rule, aten.masked_fill.Tensor: _masked_fill_rule,
+    aten.nll_loss_forward.default: _nll_loss_rule, aten.nll_loss2d_forward.default: _nll_loss_rule,
+    aten.logsumexp.default: _logsumexp_rule, aten._safe_softmax.default: _safe_softmax_rule,
+    aten.native_layer_norm.default: _layer_norm_rule,
+    aten.scaled_dot_product_attention.default: _sdpa_rule,
+    aten._scaled_dot_product_flash_attention_for_cpu.default: _sdpa_rule,
+    aten._scaled_dot_product_flash_attention.default: _sdpa_rule,
+    aten._scaled_dot_product_efficient_attention.default: _sdpa_rule,
+    aten._scaled_dot_product_cudnn_attention.default: _sdpa_rule,
 }
