@@ -29,7 +29,14 @@ and N ≥ sup‖B v_s‖ given (x, y) (the other tokens free, independently per 
 orthonormal basis u_r of B's range, |u_rᵀ·term| ≤ n(t) Σ_s max_y (largest corner of [S_lo, S_hi] ×
 [inf u_rᵀB v_s, sup u_rᵀB v_s]), signed score bounds kept, then ‖·‖₂ over r; the smaller is used. S is
 exact where a slot is the embedding and the other a layer-0 head; a layer-0 head slot is split into its
-atoms λ·v_h, each paired with the signed support of the other slot along A·v_h. For an MLP
+atoms λ·v_h, each paired with the signed support of the other slot along A·v_h; where the key is the
+embedding, the query head's atom at s is the one of the key token y. For any two slots, with the SVD
+A = Σ_j σ_j u_j w_jᵀ, qᵀ A k = Σ_j σ_j (u_jᵀ q)(w_jᵀ k) lies in the sum of the corner intervals of the
+two signed supports. **Joint per position:** where the score A and a value coordinate B are both sums
+of per-token atoms over the same sequence (no MLP slot, at most one head slot in the score), given
+x_t = x and x_s = y, 4AB = (μA + B/μ)² − (μA − B/μ)² for any μ > 0, so sup AB ≤ sup (μA + B/μ)²/4 and
+inf AB ≥ −sup (μA − B/μ)²/4, with the sup of the square the larger square of the exact separable sup
+and inf (each free token maximised once for both factors; μ = (sup|B| / sup|A|)^½). For an MLP
 term (a, b): one slot the embedding e(x, t) makes the term linear in the other source,
 M P (diag(W e) V + diag(V e) W)·out_b(t), bounded by fact 2; otherwise fact 4. Sources deeper than
 layer 0 enter through per-position norm bounds R_c(t) = Σ_{terms of c} bound_t (identity readout).
@@ -456,6 +463,111 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
         same_token = torch.ones(T, base.V, T, base.V, **f64)  # (t, x, s, y): 0 where s = t and y ≠ x
         same_token[torch.arange(T), :, torch.arange(T), :] = torch.eye(base.V, **f64)
 
+        idx_t = torch.arange(T, device=dev)
+        below = (idx_t[None, :] <= idx_t[:, None]).to(torch.float64)  # (t, p): p ≤ t
+        eye_v = torch.eye(base.V, **f64)
+        zv = torch.arange(base.V, device=dev)
+        at_t = (idx_t[:, None] == idx_t[None, :]).to(torch.float64)  # (t, p): p = t
+        # (t, x, s, y, p, z): one-hot of the forced token at p = t (z = x) or p = s (z = y)
+        forced = (at_t[:, None, None, None, :, None] * eye_v[None, :, None, None, None, :]
+                  + at_t[None, None, :, None, :, None] * eye_v[None, None, None, :, None, :]
+                  * (1 - at_t)[:, None, :, None, None, None])
+        is_forced = forced.sum(dim=-1) > 0  # (t, x, s, y, p)
+
+        def score_atoms(a: int, b: int, A: Tensor) -> Tensor | None:
+            """Score q_a(t)ᵀ A k_b(s) = Σ_p α(t, x, s, y; p, x_p) given x_t = x, x_s = y (None: not separable)."""
+            ka, kb = comps[a], comps[b]
+            Vn = base.V
+            if ka.kind == kb.kind == "embed":
+                alpha = torch.zeros(T, Vn, T, Vn, T, Vn, **f64)
+                val = torch.einsum("txd,de,sye->txsy", base.e, A, base.e)
+                for s_ in range(T):
+                    alpha[:, :, s_, zv, s_, zv] = val[:, :, s_, :]
+                return alpha
+            if ka.kind == "embed" and kb.kind == "head" and kb.layer == 0:
+                w = torch.einsum("txd,de,pze->txpz", base.e, A, base.val[kb.head])  # e(x, t)ᵀ A v(p, z)
+                lam = base.lam[kb.head] * below[:, None, :, None]  # (s, y, p, z), p ≤ s
+                return w[:, :, None, None] * lam[None, None]
+            if kb.kind == "embed" and ka.kind == "head" and ka.layer == 0:
+                w = torch.einsum("pzd,de,sye->sypz", base.val[ka.head], A, base.e)  # v(p, z)ᵀ A e(y, s)
+                lam = base.lam[ka.head] * below[:, None, :, None]  # (t, x, p, z), p ≤ t
+                return lam[:, :, None, None] * w[None, None]
+            return None
+
+        def value_atoms(v: int, W: Tensor) -> Tensor | None:
+            """Rows W·v_c(s) as Σ_p β(r, s, y; p, x_p) given x_s = y, or None when not separable."""
+            cv = comps[v]
+            Vn = base.V
+            if cv.kind == "embed":
+                beta = torch.zeros(W.shape[0], T, Vn, T, Vn, **f64)
+                val = torch.einsum("rd,syd->rsy", W, base.e)
+                for s_ in range(T):
+                    beta[:, s_, zv, s_, zv] = val[:, s_]
+                return beta
+            if cv.kind == "head" and cv.layer == 0:
+                w = torch.einsum("rd,pzd->rpz", W, base.val[cv.head])
+                lam = base.lam[cv.head] * below[:, None, :, None]  # (s, y, p, z)
+                return lam[None] * w[:, None, None]
+            return None
+
+        def joint_products(a, b, v, A, W, S_hi, S_lo, vh, vl, cache):
+            """Bounds on sup and inf of score·(W v_c)_r jointly over the shared tokens.
+
+            With A = Σ_p α_p(x_p) the score and B = Σ_p β_p(x_p) a value row (the same tokens), for
+            every μ > 0, 4AB = (μA + B/μ)² − (μA − B/μ)², so AB ≤ (μA + B/μ)²/4 and
+            −AB ≤ (μA − B/μ)²/4; the sup of (μA ± B/μ)² is the larger square of the exact separable sup
+            and inf Σ_p max_z / min_z.
+
+            Returns:
+                (up, down), each (r, t, x, s, y), or None when score or value is not separable.
+            """
+            free = ~is_forced  # (t, x, s, y, p)
+            if ("ja", a, b) not in cache:  # per score: atoms, forced part, free sup / inf (when spread)
+                alpha = score_atoms(a, b, A)
+                if alpha is None:
+                    cache["ja", a, b] = None
+                else:
+                    a_spread = bool((alpha.abs().amax(dim=-1) * free).amax() > 0)  # a free position carries score
+                    cache["ja", a, b] = (alpha, (alpha * forced).sum(dim=(-2, -1)), a_spread,
+                                         (alpha.amax(dim=-1) * free).sum(dim=-1),
+                                         (alpha.amin(dim=-1) * free).sum(dim=-1))
+            if ("jb", v, id(W)) not in cache:
+                beta = value_atoms(v, W)
+                if beta is None:
+                    cache["jb", v, id(W)] = None
+                else:
+                    b_spread = bool((beta.abs().amax(dim=-1)[:, None, None] * free).amax() > 0)
+                    cache["jb", v, id(W)] = (beta, torch.einsum("rsypz,txsypz->rtxsy", beta, forced), b_spread,
+                                             (beta.amax(dim=-1)[:, None, None] * free).sum(dim=-1),
+                                             (beta.amin(dim=-1)[:, None, None] * free).sum(dim=-1))
+            if cache["ja", a, b] is None or cache["jb", v, id(W)] is None:
+                return None
+            alpha, a_f, a_spread, a_hi, a_lo = cache["ja", a, b]  # a_f: (t, x, s, y), the forced tokens' atoms
+            beta, b_f, b_spread, b_hi, b_lo = cache["jb", v, id(W)]  # b_f, b_hi, b_lo: (r, t, x, s, y)
+            big_a = torch.maximum(S_hi, -S_lo)  # (t, x, s, y)
+            big_b = torch.maximum(vh, -vl)[:, 0, 0]  # (r, s, y)
+            ups, downs = [], []
+            for r in range(W.shape[0]):
+                mu = ((big_b[r][None, None] + 1e-300) / (big_a + 1e-300)).sqrt()  # (t, x, s, y)
+                bounds = []
+                for sign in (1.0, -1.0):
+                    base_f = mu * a_f + sign * b_f[r] / mu  # the forced positions, exact
+                    if a_spread and b_spread:
+                        X = mu[..., None, None] * alpha + sign * beta[r][None, None] / mu[..., None, None]
+                        hi = (X.amax(dim=-1) * free).sum(dim=-1) + base_f
+                        lo = (X.amin(dim=-1) * free).sum(dim=-1) + base_f
+                    elif a_spread:
+                        hi, lo = mu * a_hi + base_f, mu * a_lo + base_f
+                    elif b_spread:
+                        bh, bl = (b_hi[r], b_lo[r]) if sign > 0 else (-b_lo[r], -b_hi[r])
+                        hi, lo = bh / mu + base_f, bl / mu + base_f
+                    else:
+                        hi = lo = base_f
+                    bounds.append(torch.maximum(hi.square(), lo.square()) / 4)
+                ups.append(bounds[0])
+                downs.append(-bounds[1])
+            return torch.stack(ups), torch.stack(downs)  # (r, t, x, s, y); s = t, y ≠ x is masked by the caller
+
         def head_term(c, a: int, b: int, v: int, M: Tensor | None, cache: dict) -> Tensor:
             """Bound per query position t on ‖M·term‖ for the head term (q=a, k=b, v=c): (T,)."""
             # n(t) max_x Σ_{s≤t} max_y S(t, x, s, y)·N(s, y), with S ≥ sup |q_a(t)ᵀ A k_b(s)| and
@@ -483,6 +595,15 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                     hi, lo = support(a, (base.e @ A.T).reshape(T * Vn, -1))  # rows (A e(y, s))^T: ((s, y), t, x)
                     hi = hi.reshape(T, Vn, T, Vn).permute(2, 3, 0, 1)  # (t, x, s, y)
                     lo = lo.reshape(T, Vn, T, Vn).permute(2, 3, 0, 1)
+                    if comps[a].kind == "head" and comps[a].layer == 0:  # the query's atom at s has the key token y
+                        ha = comps[a].head
+                        wv = torch.einsum("syd,pzd->sypz", base.e @ A.T, base.val[ha])  # (s, y, s1, y1)
+                        atom = base.lam[ha][:, :, None, None] * wv[None, None]  # (t, x, s, y, s1, y1)
+                        at_s = atom.diagonal(dim1=2, dim2=4)  # (t, x, y, y1, s): the atom at s1 = s
+                        own = at_s.diagonal(dim1=2, dim2=3)  # (t, x, s, y): y1 = y
+                        m = base.strict[:, None, :, None]  # s < t (at s = t, y = x is the query's own atom)
+                        hi = hi + m * (own - at_s.amax(dim=3).permute(0, 1, 3, 2))
+                        lo = lo + m * (own - at_s.amin(dim=3).permute(0, 1, 3, 2))
                     cache[key] = (torch.maximum(hi, -lo), hi, lo)
             else:
                 key = ("qq", a, b)
@@ -508,6 +629,16 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                         up, down = base.atom_sum(ha, None, (shi.reshape(T, Vn, T, Vn), slo.reshape(T, Vn, T, Vn)),
                                                  parts=True)  # (t, x, s, y) each
                         hi, lo = torch.minimum(hi, up), torch.maximum(lo, down)
+                    # singular directions of A = Σ_r σ_r u_r v_rᵀ: qᵀ A k = Σ_r σ_r (u_rᵀ q)(v_rᵀ k), each
+                    # product in the interval of the corners of the two signed supports
+                    Ua, sig, Vh = torch.linalg.svd(A)
+                    keep = sig > 0
+                    (qh, ql), (kh, kl) = support(a, Ua[:, keep].T), support(b, Vh[keep])  # (r, t, x), (r, s, y)
+                    qh, ql, kh, kl = qh[..., None, None], ql[..., None, None], kh[:, None, None], kl[:, None, None]
+                    corners = torch.stack([qh * kh, qh * kl, ql * kh, ql * kl])  # (4, r, t, x, s, y)
+                    sig = sig[keep][:, None, None, None, None]
+                    hi = torch.minimum(hi, (sig * corners.amax(dim=0)).sum(dim=0))
+                    lo = torch.maximum(lo, (sig * corners.amin(dim=0)).sum(dim=0))
                     S = torch.minimum(S, torch.maximum(hi, -lo))
                     cache[key] = (S, torch.minimum(hi, S), torch.maximum(lo, -S))
             S, S_hi, S_lo = (X * same_token for X in cache[key])
@@ -521,12 +652,18 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
             key_r = ("rows", v, id(M))
             if key_r not in cache:
                 U = torch.linalg.svd(B, full_matrices=False)[0]  # (out, r), orthonormal columns spanning B's range
-                cache[key_r] = support(v, U.T @ B)  # (r, s, y) each
-            vh, vl = (X[:, None, None] for X in cache[key_r])  # (r, 1, 1, s, y)
+                cache[key_r] = (*support(v, U.T @ B), U.T @ B)  # (r, s, y) each, and the rows
+            vh, vl = (X[:, None, None] for X in cache[key_r][:2])  # (r, 1, 1, s, y)
             corners = torch.stack([S_hi * vh, S_hi * vl, S_lo * vh, S_lo * vl])  # (4, r, t, x, s, y)
             impossible = same_token == 0  # s = t with a key token other than the query token
-            up = corners.amax(dim=0).masked_fill(impossible, -torch.inf).amax(dim=-1)  # (r, t, x, s)
-            down = corners.amin(dim=0).masked_fill(impossible, torch.inf).amin(dim=-1)
+            up, down = corners.amax(dim=0), corners.amin(dim=0)  # (r, t, x, s, y)
+            if (M is not None or readout is None) and (T * base.V) ** 3 <= _LIMIT // 4:
+                # the joint per-position bound where it is the output (its tables have (T·V)³ entries)
+                joint = joint_products(a, b, v, A, cache[key_r][2], S_hi, S_lo, vh, vl, cache)
+                if joint is not None:
+                    up, down = torch.minimum(up, joint[0]), torch.maximum(down, joint[1])
+            up = up.masked_fill(impossible, -torch.inf).amax(dim=-1)  # (r, t, x, s)
+            down = down.masked_fill(impossible, torch.inf).amin(dim=-1)
             up = (up * causal[:, None]).sum(dim=-1)  # (r, t, x): finite, y = x is always possible at s = t
             down = (down * causal[:, None]).sum(dim=-1)
             coord = n * torch.maximum(up, -down).norm(dim=0).amax(dim=1)  # (t,)
