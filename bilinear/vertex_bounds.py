@@ -134,6 +134,10 @@ class _Layer0:
         gw = g @ w.T  # (t, x, s, y, k)
         return cw + gw.amax(dim=3).sum(dim=2), cw + gw.amin(dim=3).sum(dim=2)  # zero rows for s ≥ t add nothing
 
+    def _mlp_weights(self, mlp) -> tuple[Tensor, Tensor, Tensor]:
+        """W, V, P of a bilinear MLP, detached, in the bounds' dtype."""
+        return tuple(m.detach().to(self.e.dtype) for m in (mlp.W, mlp.V, mlp.P))
+
     def mlp0_sup(self, mlp, L: Tensor, branch: bool = False) -> Tensor:
         """Bound on sup ‖L_k P((W r) ⊙ (V r))‖ for the layer-0 MLP output: (k, T).
 
@@ -150,7 +154,7 @@ class _Layer0:
         Returns:
             Shape (k, T), or (k, T, V) with ``branch``.
         """
-        W, V, P = (mlp.W.detach().to(self.e.dtype), mlp.V.detach().to(self.e.dtype), mlp.P.detach().to(self.e.dtype))
+        W, V, P = self._mlp_weights(mlp)
         if not hasattr(self, "_mlp0_coords"):
             (uh, ul), (vh, vl) = self.resid_support(W), self.resid_support(V)  # (t, x, d_mlp) each
             corners = torch.stack([uh * vh, uh * vl, ul * vh, ul * vl])
@@ -229,7 +233,7 @@ class _Layer0:
             per t ≥ 2, (H, s, s') with H (h, x·pairs·y·y') = Wg_s ⊙ Vg_s' + Wg_s' ⊙ Vg_s for the pairs s < s'.
         """
         if not hasattr(self, "_quadratic"):
-            W, V = mlp.W.detach().to(self.e.dtype), mlp.V.detach().to(self.e.dtype)
+            W, V, _ = self._mlp_weights(mlp)
             c, g = self.resid_atoms()
             cw, cv, gw, gv = c @ W.T, c @ V.T, g @ W.T, g @ V.T  # (t, x, h), (t, x, s, y, h)
             single = cw[:, :, None, None] * gv + gw * cv[:, :, None, None] + gw * gv  # (t, x, s, y, h)
@@ -257,7 +261,7 @@ class _Layer0:
         Returns:
             Shape (k, T), or (k, T, V) with ``branch``.
         """
-        W, V, P = (mlp.W.detach().to(self.e.dtype), mlp.V.detach().to(self.e.dtype), mlp.P.detach().to(self.e.dtype))
+        W, V, P = self._mlp_weights(mlp)
         c, g = self.resid_atoms()
         LP = L @ P  # (k, m, h)
         cw, cv, gw, gv = c @ W.T, c @ V.T, g @ W.T, g @ V.T  # (t, x, h), (t, x, s, y, h)
