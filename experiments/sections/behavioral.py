@@ -115,6 +115,10 @@ def run(ctx) -> str:
             a, b = last[2], last[3]
             sigma = math.hypot(a.std_err, b.std_err)
             first = next((r for r in rows if r[2].mean > 0), last)
+            ctx.answer(f"How does the behavioral LLC λ_B relate to the LLC λ at the end of training ({name})?",
+                       f"λ̂_B = {b.mean:.2f} ± {b.std_err:.2f}, λ̂ = {a.mean:.2f} ± {a.std_err:.2f}: difference "
+                       f"{b.mean - a.mean:+.2f} ({(b.mean - a.mean) / sigma if sigma > 0 else float('nan'):+.1f} σ "
+                       f"with σ = √(SE² + SE²) = {sigma:.2f}), ratio {b.mean / a.mean:.2f}")
             lines.append(
                 f"- {name}: at the end of training λ̂_B − λ̂ = {b.mean - a.mean:+.2f} (each ± {a.std_err:.2f}, "
                 f"{b.std_err:.2f}; the two share seeds, so their difference is more precise than "

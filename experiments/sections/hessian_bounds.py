@@ -75,6 +75,8 @@ def _run(ctx) -> str:
         "τ = d·ε·max|λ|. Exact λ from Aoyagi & Watanabe 2005 / Aoyagi 2024 and the normal-crossing formula.\n"
     )
     out.append(table)
+    ctx.answer("Do the Hessian-rank bounds r/2 ≤ λ ≤ d/2 contain the exact λ (zoo potentials and models)?",
+               f"{sum(oks)}/{len(oks)} cases have lower ≤ λ ≤ upper")
     out.append(f"\n**{sum(oks)}/{len(oks)}** cases have lower ≤ λ ≤ upper. The full-rank-teacher reduced-rank model "
                "has rank H(M + N − H) and its lower bound equals λ; the regular potential ½w1² is exact.\n")
 
@@ -116,6 +118,14 @@ def _run(ctx) -> str:
     tau = 1e-6 * b_beh.max_eigenvalue
     dense_count = int((b_beh.eigenvalues > tau).sum())
     c = count_eigenvalues(op, tau, num_probes=8 if ctx.quick else 48, generator=torch.Generator().manual_seed(ctx.seed))
+    b_fin = results[f"behavioral loss (MSE), τ = γ/(nβ) at n = {n}"][0]
+    ctx.answer(f"What do the bounds say about a trained network ({tm.name}, d = {b_beh.dim})?",
+               f"behavioral loss: rank {b_beh.rank}, λ_B ∈ [{b_beh.lower}, {b_beh.upper}]; at n = {n} (τ = γ/(nβ)): "
+               f"rank {b_fin.rank}, [{b_fin.lower}, {b_fin.upper}]")
+    ctx.answer("Does stochastic Lanczos quadrature count the Hessian rank of the trained network?",
+               f"SLQ {c.count:.1f} ± {c.std_err:.1f} vs dense {dense_count} "
+               f"(z = {(c.count - dense_count) / c.std_err if c.std_err > 0 else float('nan'):+.1f}, "
+               f"{c.num_probes} probes)")
     out.append(
         f"SLQ check (Gauss–Newton of the behavioral loss, τ = 1e-6·λ_max): dense count **{dense_count}**, "
         f"SLQ {c.count:.1f} ± {c.std_err:.1f} (95% CI [{c.ci[0]:.1f}, {c.ci[1]:.1f}], {c.num_probes} probes × "
@@ -133,6 +143,7 @@ def _run(ctx) -> str:
                     s=6, marker="x", label="behavioral loss")
     axes[2].legend(fontsize=7)
     axes[2].set_title("trained MLP: Hessian spectra", fontsize=9)
+    fig.tight_layout()  # the panels' y labels would otherwise run into the neighbouring panel
     out.append(f"![Hessian spectra on a log scale with the threshold τ marked]({ctx.savefig(fig, 'spectra')})\n")
     out.append("Open red circles: negative eigenvalues (|λ| shown); exact zeros are drawn at 1e-20·max|λ|. The zoo "
                "models have a clean gap of ~12 orders of magnitude at τ; the trained network has none.\n")
@@ -143,6 +154,7 @@ def _run(ctx) -> str:
     ns = torch.logspace(1, 8, 40, dtype=torch.float64)
     plot_rank_curve(rank_curve_vs_n(b_beh, ns), ax=axes[2], against="n",
                     title="behavioral loss: bounds vs n, τ = γ/(nβ), γ = 1, β = 1/log n")
+    fig.tight_layout()
     out.append(f"![Bounds as a function of the threshold and of n]({ctx.savefig(fig, 'bounds_vs_threshold')})\n")
     out.append(
         "Finite-data view (docs/theory.md §3): an eigenvalue h counts as quadratic only when nβh ≫ γ. The step curve is the "

@@ -52,6 +52,7 @@ def run(ctx) -> str:
         lines.append(f"| {arm} | {col('fvu')} | {col('l0', 2)} | {col('live', 1)} | {col('recovered', 1)} "
                      f"/ {rs[0]['represented']} | {col('per_live')} | {col('weighted')} |")
     lines += ["", "Conclusions (computed from the table; 'clearly' = more than 2 std_err of the difference):"]
+    answers = {}
     for p in sorted({p for _, p in ARMS}, reverse=True):
         a, b = groups[f"activation, p = {p}"], groups[f"attribution, p = {p}"]
         parts = []
@@ -62,7 +63,12 @@ def run(ctx) -> str:
             se = (sa**2 + sb**2) ** 0.5
             word = ("higher" if mb > ma else "lower") if abs(mb - ma) > 2 * se else "no clear difference"
             parts.append(f"{name} attribution − activation = {mb - ma:+.3f} ± {se:.3f} ({word})")
+            answers.setdefault(key, []).append(f"p = {p}: {mb - ma:+.3f} ± {se:.3f}")
         lines.append(f"- p = {p}: " + "; ".join(parts) + ".")
+    ctx.answer("Does attribution sparsity recover more of the important features than activation sparsity "
+               "(weighted recovery, attribution − activation)?", "; ".join(answers["weighted"]) + f" ({len(seeds)} seeds)")
+    ctx.answer("At what cost (downstream FVU and L0, attribution − activation)?",
+               "FVU " + ", ".join(answers["fvu"]) + "; L0 " + ", ".join(answers["l0"]))
     lines += [
         "",
         "Downstream FVU is matched only approximately (bisection on one seed); compare L0 and recovery with the "

@@ -51,6 +51,14 @@ def run(ctx) -> str:
         lines.append(f"| {p} | {arm} | {col('l0')} | {col('fvu', 3)} | {col('live', 1)} | {col('pairs9', 1)} | "
                      f"{col('rand9', 1)} | {col('pairs7', 1)} | {col('rand7', 1)} |")
     lines += ["", "Conclusions (computed from the table; 'clearly' = more than 2 std_err):"]
+    excess = {(p, arm): mean_std_err([r["pairs9"] - r["rand9"] for r in groups[(p, arm)]])
+              for p in s["ps"] for arm in ("ReLU codes", "signed codes (prox)")}
+    for arm, question in (("ReLU codes", "Do ReLU SAEs on a dense Gaussian cloud have more opposing decoder pairs "
+                                         "(cos < −0.9) than random directions?"),
+                          ("signed codes (prox)", "Do signed-code prox SAEs remove the opposing pairs?")):
+        ctx.answer(question, "excess pairs over random, mean ± std_err over seeds: "
+                   + "; ".join(f"p = {p}: {excess[p, arm][0]:+.1f} ± {excess[p, arm][1]:.1f}" for p in s["ps"])
+                   + f" ({len(seeds)} seeds)")
     for p in s["ps"]:
         relu, signed = groups[(p, "ReLU codes")], groups[(p, "signed codes (prox)")]
         parts = []

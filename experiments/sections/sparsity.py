@@ -149,19 +149,30 @@ def run(ctx) -> str:
 
     # winners, stated from the numbers (only arms within 30 % of the target L0 compete)
     lines.append("")
+    winners = []
     for name in priors:
         cands = [r for r in rows if r["prior"] == name and abs(math.log(max(r["l0"], 1e-3) / target)) < math.log(1.3)]
         off = [r["arm"] for r in rows if r["prior"] == name and r not in cands]
         if not cands:
             lines.append(f"- **{name}**: no arm reached L0 within 30 % of the target; no winner declared.")
+            winners.append(f"{name}: none at the target L0")
             continue
         win = max(cands, key=lambda r: r["mmcs"])
+        winners.append(f"{name}: {win['arm']} {win['mmcs']:.3f} ± {win['mmcs_se']:.3f}")
         close = [r["arm"] for r in cands if r is not win and win["mmcs"] - r["mmcs"] < 2 * math.hypot(win["mmcs_se"], r["mmcs_se"])]
         text = f"- **{name}**: best MMCS {win['mmcs']:.3f} with {win['arm']}"
         text += f"; within 2 SE: {', '.join(close)}" if close else "; clearly ahead of the others (> 2 SE)"
         if off:
             text += f". Missed the L0 target (excluded): {', '.join(off)}"
         lines.append(text + ".")
+    ctx.answer(f"Which penalty recovers the dictionary best at matched L0 ≈ {target:.2f} (MMCS ± SE over atoms)?",
+               "; ".join(winners))
+    diffs = []
+    for name in priors:
+        l1, tp = (next(r for r in rows if r["prior"] == name and r["arm"] == arm) for arm in ("L1", "true prior"))
+        diffs.append(f"{name} {tp['mmcs'] - l1['mmcs']:+.3f} ± {math.hypot(tp['mmcs_se'], l1['mmcs_se']):.3f} "
+                     f"(L0 {tp['l0']:.2f} vs {l1['l0']:.2f})")
+    ctx.answer("Does the true prior's derived penalty beat L1 (MMCS, true prior − L1)?", "; ".join(diffs))
     lines += [
         "",
         "Notes. The point mass of a spike-and-slab prior contributes an L0 term whose gradient is zero almost "
@@ -184,11 +195,16 @@ def run(ctx) -> str:
         axes[0].bar(xs, [r["mmcs"] for r in sel], width, yerr=[r["mmcs_se"] for r in sel], label=arm)
         axes[1].bar(xs, [r["gamma"] for r in sel], width, label=arm)
         axes[2].bar(xs, [r["l0"] for r in sel], width, label=arm)
-    for ax, title in zip(axes, ["MMCS (± SE over atoms)", "reconstruction bias γ (1 = none)", "L0 reached"]):
+    ylabels = ["MMCS (cosine)", "γ = ⟨x̂, x⟩/‖x̂‖²", "L0 (active latents per sample)"]
+    for ax, title, ylabel in zip(axes, ["MMCS (± SE over atoms)", "reconstruction bias γ (1 = none)", "L0 reached"],
+                                 ylabels):
         ax.set_xticks(np.arange(len(priors)) + 0.4 - width / 2, list(priors), rotation=15)
         ax.set_title(title)
-    axes[2].axhline(target, color="k", ls="--", lw=1)
-    axes[0].legend(fontsize=7)
+        ax.set_xlabel("generating prior of the codes")
+        ax.set_ylabel(ylabel)
+    axes[2].axhline(target, color="k", ls="--", lw=1, label="target L0")
+    axes[2].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # one legend, outside the bars
+    fig.tight_layout()
     lines.insert(0, f"![MMCS, shrinkage and L0 per prior and penalty]({ctx.savefig(fig, 'recovery')})\n")
 
     fig, axes = plt.subplots(1, len(priors), figsize=(14, 3))
@@ -204,7 +220,11 @@ def run(ctx) -> str:
             ax2.plot(grid[1:], true_prior.to_torch()(grid[1:, None]) - true_prior.to_torch()(grid[1:2, None]), label="true-prior ρ")
         ax2.plot(grid[1:], fit.to_torch()(grid[1:, None]) - fit.to_torch()(grid[1:2, None]), "--", label="fit_prior ρ")
         ax.set_title(name, fontsize=9)
-        ax2.legend(fontsize=7)
+        ax.set_xlabel("code value a")
+        ax.set_ylabel("density of non-zero codes")
+        ax2.set_ylabel("penalty ρ(a) − ρ(0.01) (nats)")
+        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax2.legend(handles=handles, fontsize=8)
     fig.tight_layout()
     lines.insert(1, f"![code histograms and penalties (shifted to 0 at a = 0.01)]({ctx.savefig(fig, 'penalties')})\n")
     return "\n".join(lines)
