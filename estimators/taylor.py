@@ -404,16 +404,7 @@ def _call(target, args, kwargs, K: int):
         cond, a, b = args
         if _is_jet(cond):
             raise UnsupportedOperation("where with a non-constant condition")
-        a, b = _as_jet(a, K), _as_jet(b, K)
-        out = [torch.where(cond, a.c[0], b.c[0])]
-        for x, y in zip(a.c[1:], b.c[1:]):
-            if x is None and y is None:
-                out.append(None)
-            else:
-                like = x if x is not None else y
-                out.append(torch.where(cond, torch.zeros_like(like) if x is None else x,
-                                       torch.zeros_like(like) if y is None else y))
-        return _Jet(out)
+        return _where_jet(cond, a, b, K)
     if target is aten.pow.Tensor_Tensor and _is_jet(args[0]) and not _is_jet(args[1]):
         return _tensor_pow_rule(args[0], args[1])
     if target in (aten.prod.dim_int, aten.prod.default) and _is_jet(args[0]):

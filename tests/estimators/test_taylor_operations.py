@@ -73,6 +73,14 @@ def _masked_fill(w):
     return scalar + tensor + attention_like
 
 
+def _where(w):  # aten.where.self: both branches jets, a constant first branch, a broadcast scalar branch
+    z = _logits(w)
+    both = torch.where(_MASK, torch.tanh(z), z ** 2).pow(3).sum()
+    constant_first = torch.where(_MASK, _X[:, :1], torch.sin(z)).pow(2).sum()
+    scalar = torch.where(z > 0, z ** 3, 0.0).sum()
+    return both + constant_first + scalar
+
+
 _ATT_X = torch.randn(1, 2, 4, 3, generator=_G, dtype=torch.float64)  # (batch, heads, positions, features)
 _ATT_MASK = torch.tensor([[True, False, True, True]] * 4)
 
@@ -114,6 +122,7 @@ CASES = {
     "logsumexp": (_logsumexp, _logsumexp),
     "gather": (_gather, _gather),
     "masked_fill": (_masked_fill, _masked_fill),
+    "where": (_where, _where),
     "sdpa_causal": (_sdpa_causal, _sdpa_causal),
     "sdpa_bool_mask_and_scale": (_sdpa_masked, _sdpa_masked),
     # the fused kernel is checked against the math kernel: the same function
