@@ -370,6 +370,76 @@ class _Layer0:
         return off + diag
 
 
+    def head_pair_score(self, ha: int, hb: int, A: Tensor) -> tuple[Tensor, Tensor]:
+        """Bounds hi ≥ sup and lo ≤ inf of z_ha(t)ᵀ A z_hb(s) given x_t = x and x_s = y: (t, x, s, y) each.
+
+        Both slots are layer-0 heads, so with α_p(z) = λ_ha(t, x; p, z) v_ha(p, z) (p ≤ t) and
+        β_p'(z') = λ_hb(s, y; p', z') v_hb(p', z') (p' ≤ s) the score Σ_{p, p'} α_p(x_p)ᵀ A β_p'(x_p') is
+        a pairwise function of the free tokens x_f, f ∈ F = {f < t, f ≠ s}: a constant (both positions
+        fixed), unaries (one fixed, or p = p' = f) and pairs Q_ff'(z, z') = α_f(z)ᵀAβ_f'(z') + α_f'(z')ᵀAβ_f(z);
+        its maximum over the V^|F| choices is at most Σ_{f<f'} max_{z, z'} [Q_ff' + (U_f + U_f')/(|F| − 1)]
+        (the pair potentials sum to the function, each position being in |F| − 1 pairs, and a sum of
+        maxima bounds the maximum of the sum; this is never above the separable Σ max U + Σ max Q),
+        the minimum likewise; exact for |F| ≤ 1. Zero for s > t; at s = t only y = x is meaningful.
+
+        Args:
+            ha: the query's layer-0 head.
+            hb: the key's layer-0 head.
+            A: the layer-1 head's W_Qᵀ W_K (d, d).
+
+        Returns:
+            (hi, lo), each (T, V, T, V).
+        """
+        T, V = self.T, self.V
+        H = torch.einsum("pzd,de,qwe->pzqw", self.val[ha], A, self.val[hb])  # v_ha(p, z)ᵀ A v_hb(p', z')
+        la, lb = self.lam[ha], self.lam[hb]  # (t, x, p, z)
+        idx = torch.arange(T, device=H.device)
+        own_a = la[idx, :, idx, :].diagonal(dim1=1, dim2=2)  # (t, x): λ_ha(t, x; t, x)
+        own_b = lb[idx, :, idx, :].diagonal(dim1=1, dim2=2)  # (s, y): λ_hb(s, y; s, y)
+        bk_all = lb * self.strict[:, None, :, None]  # (s, y, f, z): the key's free atoms, f < s
+        Hd = H[idx, :, idx, :].diagonal(dim1=1, dim2=2)  # (p, z): H[p, z, p, z]
+        hi = torch.zeros(T, V, T, V, dtype=H.dtype, device=H.device)
+        lo = hi.clone()
+        for t in range(T):
+            S = t + 1  # key positions s ≤ t, all at once
+            ks = idx[:S]
+            below = (ks < t).to(H.dtype)  # (s,): x_s is a second fixed token of the query
+            qs = la[t][:, ks, :] * below[None, :, None]  # (x, s, y): the query's atom at the fixed s < t
+            # constant: query atoms at t and s, key atom at s
+            C = own_a[t][:, None, None] * own_b[:S][None] * H[t, :, :S, :] + qs * own_b[:S][None] * Hd[:S][None]
+            hi[t, :, :S], lo[t, :, :S] = C, C
+            if t == 0:
+                continue
+            aq = la[t, :, :t]  # (x, f, z): the query's atoms at f < t
+            bk = bk_all[:S, :, :t]  # (s, y, f, z)
+            # unaries (x, s, y, f, z): query at f × key at s; key at f × query at t; key at f × query at s;
+            # query and key both at f
+            U = aq[:, None, None] * (own_b[:S, :, None, None] * H[:t, :, :S, :].permute(2, 3, 0, 1))[None]
+            U += (own_a[t][:, None, None] * H[t, :, :t, :])[:, None, None] * bk[None]
+            U += qs[..., None, None] * bk[None] * H[:S, :, :t, :][None]
+            U += aq[:, None, None] * bk[None] * Hd[:t][None, None, None]
+            U *= (idx[:t][None, :] != ks[:, None]).to(H.dtype)[None, :, None, :, None]  # x_s is fixed, not free
+            n = t - below  # (s,): number of free positions
+            single = U.amax(dim=-1).sum(dim=-1), U.amin(dim=-1).sum(dim=-1)  # exact for n ≤ 1
+            if t < 2:
+                hi[t, :, :S] += single[0]
+                lo[t, :, :S] += single[1]
+                continue
+            # pair potentials over the positions f < f' < t (pairs with f or f' = s are dropped below):
+            # Q_ff' + (U_f + U_f')/(n − 1), the same tensor giving the sup (amax) and the inf (amin) splits
+            si, sj = torch.triu_indices(t, t, 1, device=H.device)
+            share = (1 / (n - 1).clamp_min(1))[None, :, None, None, None, None]
+            Q = aq[:, None, None, si, :, None] * (bk[:, :, sj, None, :] * H[si, :, sj, :])[None]
+            Q += aq[:, None, None, sj, None, :] * (bk[:, :, si, :, None] * H[sj, :, si, :].transpose(-1, -2))[None]
+            Q += U[..., si, :, None] * share
+            Q += U[..., sj, None, :] * share  # (x, s, y, pairs, z, z')
+            ok = ((si[None] != ks[:, None]) & (sj[None] != ks[:, None])).to(H.dtype)[None, :, None]  # free pairs
+            many = (n >= 2)[None, :, None]
+            hi[t, :, :S] += torch.where(many, (Q.amax(dim=(-2, -1)) * ok).sum(dim=-1), single[0])
+            lo[t, :, :S] += torch.where(many, (Q.amin(dim=(-2, -1)) * ok).sum(dim=-1), single[1])
+        return hi, lo
+
+
 def _spec(M: Tensor) -> Tensor:
     """Spectral norms of a batch of matrices (k, m, d) → (k,)."""
     return torch.linalg.matrix_norm(M, ord=2) if M.numel() else torch.zeros(M.shape[0], dtype=M.dtype)
@@ -587,15 +657,16 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
             if key_v not in cache:
                 cache[key_v] = sup(v, B[None], branch=True)[0]  # (s, y)
             N = cache[key_v]
+            scores = cache["scores"]  # the score bounds, shared by the readouts
             if comps[a].kind == "embed":  # enumerate the query token: maps (A^T e(x, t))^T
                 key = ("qe", b)
-                if key not in cache:
+                if key not in scores:
                     hi, lo = support(b, (base.e @ A).reshape(T * Vn, -1))  # rows e(x,t)^T A: ((t, x), s, y)
                     hi, lo = hi.reshape(T, Vn, T, Vn), lo.reshape(T, Vn, T, Vn)  # (t, x, s, y)
-                    cache[key] = (torch.maximum(hi, -lo), hi, lo)
+                    scores[key] = (torch.maximum(hi, -lo), hi, lo)
             elif comps[b].kind == "embed":  # enumerate the key token
                 key = ("ke", a)
-                if key not in cache:
+                if key not in scores:
                     hi, lo = support(a, (base.e @ A.T).reshape(T * Vn, -1))  # rows (A e(y, s))^T: ((s, y), t, x)
                     hi = hi.reshape(T, Vn, T, Vn).permute(2, 3, 0, 1)  # (t, x, s, y)
                     lo = lo.reshape(T, Vn, T, Vn).permute(2, 3, 0, 1)
@@ -608,10 +679,10 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                         m = base.strict[:, None, :, None]  # s < t (at s = t, y = x is the query's own atom)
                         hi = hi + m * (own - at_s.amax(dim=3).permute(0, 1, 3, 2))
                         lo = lo + m * (own - at_s.amin(dim=3).permute(0, 1, 3, 2))
-                    cache[key] = (torch.maximum(hi, -lo), hi, lo)
+                    scores[key] = (torch.maximum(hi, -lo), hi, lo)
             else:
                 key = ("qq", a, b)
-                if key not in cache:
+                if key not in scores:
                     qa, qA = sup(a, eye[None], branch=True)[0], sup(a, A.T[None], branch=True)[0]  # (t, x)
                     kb, kA = sup(b, eye[None], branch=True)[0], sup(b, A[None], branch=True)[0]  # (s, y)
                     S = torch.minimum(qA[:, :, None, None] * kb[None, None], qa[:, :, None, None] * kA[None, None])
@@ -633,6 +704,9 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                         up, down = base.atom_sum(ha, None, (shi.reshape(T, Vn, T, Vn), slo.reshape(T, Vn, T, Vn)),
                                                  parts=True)  # (t, x, s, y) each
                         hi, lo = torch.minimum(hi, up), torch.maximum(lo, down)
+                    if head_a and head_b:  # the score as a pairwise function of the free tokens
+                        phi, plo = base.head_pair_score(comps[a].head, comps[b].head, A)
+                        hi, lo = torch.minimum(hi, phi), torch.maximum(lo, plo)
                     # singular directions of A = Σ_r σ_r u_r v_rᵀ: qᵀ A k = Σ_r σ_r (u_rᵀ q)(v_rᵀ k), each
                     # product in the interval of the corners of the two signed supports
                     Ua, sig, Vh = torch.linalg.svd(A)
@@ -644,8 +718,8 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                     hi = torch.minimum(hi, (sig * corners.amax(dim=0)).sum(dim=0))
                     lo = torch.maximum(lo, (sig * corners.amin(dim=0)).sum(dim=0))
                     S = torch.minimum(S, torch.maximum(hi, -lo))
-                    cache[key] = (S, torch.minimum(hi, S), torch.maximum(lo, -S))
-            S, S_hi, S_lo = (X * same_token for X in cache[key])
+                    scores[key] = (S, torch.minimum(hi, S), torch.maximum(lo, -S))
+            S, S_hi, S_lo = (X * same_token for X in scores[key])
             if cache is not None and "S_sum" in cache and (a, b) not in cache["S_pairs"]:
                 cache["S_pairs"].add((a, b))
                 cache["S_sum"] = cache["S_sum"] + S.amax(dim=(1, 3))
@@ -711,7 +785,9 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
         per_pos[0] = base.e.norm(dim=-1).amax(dim=1)
         for ci, c in enumerate(comps[1:], start=1):
             total = torch.zeros(T, **f64)
-            cache_r, cache_o = {"S_sum": torch.zeros(T, T, **f64), "S_pairs": set()}, {}
+            scores = {}  # score bounds do not depend on the readout: shared by both passes
+            cache_r = {"S_sum": torch.zeros(T, T, **f64), "S_pairs": set(), "scores": scores}
+            cache_o = {"scores": scores}
             for ti in c.terms:
                 idx = [expansion.component_index(s) for s in expansion.terms[ti].sources]
                 fn = head_term if c.kind == "head" else mlp_term

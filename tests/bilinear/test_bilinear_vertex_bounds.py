@@ -119,3 +119,33 @@ def test_joint_products_and_singular_score_intervals_tighten_layer1_head_terms()
                     sep.append(float(ratio[t.index]))
     assert torch.tensor(sep).mean() <= 1.2 and max(sep) <= 2.2
     assert max(mlp) <= 4.5
+
+
+@pytest.mark.parametrize("positional,normaliser", [(True, "position"), (False, "none")])
+def test_two_head_score_supports_bound_every_sequence_and_are_exact_with_one_free_token(positional, normaliser):
+    """sup and inf of z_a(t)ᵀ A z_b(s) given x_t, x_s (two layer-0 heads) against all V^T sequences."""
+    from slt_interp.bilinear.vertex_bounds import _Layer0
+    V, T = 3, 5
+    f64 = dict(dtype=torch.float64, device="cpu")
+    for seed in range(2):
+        model = random_model("cpu", seed=seed, vocab_size=V, n_ctx=T, d_model=5, d_head=3, d_mlp=4, n_layers=1,
+                             n_heads=2, positional=positional, normaliser=normaliser)
+        seqs = all_sequences(V, T, "cpu")
+        outs = model.component_outputs(seqs)
+        A = torch.randn(5, 5, generator=torch.Generator().manual_seed(seed), **f64)
+        base = _Layer0(model, f64)
+        for ha in range(2):
+            for hb in range(2):
+                za, zb = outs[f"L0.H{ha}"].detach(), outs[f"L0.H{hb}"].detach()  # (B, T, d)
+                score = torch.einsum("btd,de,bse->bts", za, A, zb)  # (B, t, s)
+                hi, lo = base.head_pair_score(ha, hb, A)
+                for t in range(T):
+                    for s in range(t + 1):
+                        for x in range(V):
+                            for y in ([x] if s == t else range(V)):
+                                vals = score[(seqs[:, t] == x) & (seqs[:, s] == y), t, s]
+                                top, bottom = float(vals.max()), float(vals.min())
+                                tol = 1e-12 * max(1.0, abs(top), abs(bottom))
+                                assert hi[t, x, s, y] >= top - tol and lo[t, x, s, y] <= bottom + tol
+                                if len([f for f in range(t) if f != s]) <= 1:  # one free token: exact
+                                    assert abs(hi[t, x, s, y] - top) <= tol and abs(lo[t, x, s, y] - bottom) <= tol
