@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from slt_interp.estimators._threads import choose_num_threads, intra_op_threads
+
 from .language import LanguageSample, repeated_tokens
 from .model import CausalLM, LMConfig
 
@@ -463,6 +465,19 @@ def train(model_config: LMConfig, train_data: LanguageSample, heldout_data: Lang
                     "history": [asdict(r) for r in history], "metadata": metadata or {}},
                    checkpoint_path(out_dir, step))
 
+    # small models train fastest on one intra-op thread (the estimators' rule, slt_interp.estimators._threads)
+    work = config.batch_size * T * sum(p.numel() for p in model.parameters())
+    with intra_op_threads(choose_num_threads(device, work)):
+        _train_loop(model, optimizer, config, start, history, record, save, save_steps, eval_steps, train_tokens,
+                    batch_losses, out_dir)
+    model.eval()
+    saved = list_checkpoints(out_dir) if out_dir is not None else ()
+    return TrainResult(model=model, history=tuple(history), checkpoint_steps=tuple(saved), out_dir=out_dir,
+                       config=config, resumed_from=resumed_from)
+
+
+def _train_loop(model, optimizer, config, start, history, record, save, save_steps, eval_steps, train_tokens,
+                batch_losses, out_dir):
     model.train()
     if start == 0 and not history:
         record(0)
@@ -470,7 +485,7 @@ def train(model_config: LMConfig, train_data: LanguageSample, heldout_data: Lang
             save(0)
     for step in range(start + 1, config.num_steps + 1):
         g = torch.Generator().manual_seed((config.seed << 32) + step)
-        idx = torch.randint(train_tokens.shape[0], (config.batch_size,), generator=g).to(device)
+        idx = torch.randint(train_tokens.shape[0], (config.batch_size,), generator=g).to(train_tokens.device)
         tokens = train_tokens[idx]                                             # (batch, T)
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(step)
@@ -485,10 +500,6 @@ def train(model_config: LMConfig, train_data: LanguageSample, heldout_data: Lang
             record(step)
         if out_dir is not None and step in save_steps:
             save(step)
-    model.eval()
-    saved = list_checkpoints(out_dir) if out_dir is not None else ()
-    return TrainResult(model=model, history=tuple(history), checkpoint_steps=tuple(saved), out_dir=out_dir,
-                       config=config, resumed_from=resumed_from)
 
 
 def _check_resumable(ckpt: dict, model_config: LMConfig, config: TrainConfig, fingerprint, out_dir):
