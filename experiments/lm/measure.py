@@ -30,8 +30,7 @@ from slt_interp.estimators import (GaussNewtonOperator, HessianOperator, behavio
                                    estimate_llc, rank_curve, stochastic_lanczos_quadrature, threshold_for_sample_size,
                                    training_loss)
 
-from slt_interp.estimators._threads import choose_num_threads, intra_op_threads
-
+from .threads import small_work_threads
 from .problem import NextTokenLM, head_params, layer_params, next_token_loss, num_tokens, token_nbeta
 
 __all__ = ["peak_memory", "curvature", "order4", "llc", "refined_selection", "ORDER4_MAX_NULLITY"]
@@ -126,7 +125,7 @@ def curvature(model: NextTokenLM, tokens: Tensor, *, num_probes: int, num_steps:
         curve (``taus``, ``ranks``, ``rank_se``), the density, ``matvecs``, ``seconds``, ``peak_memory_mb``.
     """
     device = next(model.parameters()).device
-    with intra_op_threads(choose_num_threads(device, batch_size * tokens.shape[1] * sum(p.numel() for p in model.parameters()))):
+    with small_work_threads(device, batch_size * tokens.shape[1] * sum(p.numel() for p in model.parameters())):
         return _curvature(model, tokens, device, num_probes, num_steps, batch_size, seed, localization)
 
 

@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from slt_interp.estimators._threads import choose_num_threads, intra_op_threads
-
+from .threads import small_work_threads
 from .language import LanguageSample, repeated_tokens
 from .model import CausalLM, LMConfig
 
@@ -467,7 +466,7 @@ def train(model_config: LMConfig, train_data: LanguageSample, heldout_data: Lang
 
     # small models train fastest on one intra-op thread (the estimators' rule, slt_interp.estimators._threads)
     work = config.batch_size * T * sum(p.numel() for p in model.parameters())
-    with intra_op_threads(choose_num_threads(device, work)):
+    with small_work_threads(device, work):
         _train_loop(model, optimizer, config, start, history, record, save, save_steps, eval_steps, train_tokens,
                     batch_losses, out_dir)
     model.eval()
