@@ -147,7 +147,7 @@ def test_reference_outputs_in_eval_mode_and_flag_restored():
     # batches of 5 vs one batch: equal up to float64 rounding of the matmul blocking
     assert torch.allclose(ref, net(x).detach(), rtol=1e-12, atol=1e-14) and not ref.requires_grad
     loss, params = behavioral_loss(net, x, batch_size=7)
-    assert torch.equal(loss.data[1], ref) and float(loss(params)) == 0.0
+    assert torch.allclose(loss.data[1], ref, rtol=1e-12, atol=1e-14) and float(loss(params)) == 0.0
 
 
 def test_llc_bounds_takes_the_inputs_estimate_llc_takes():
