@@ -17,7 +17,7 @@ from ._chains import _Problem, model_problem
 from .input_checks import ParamSelection, materialize
 from ._minimum_check import check_on_nonminimum
 from ._streaming import is_batch_stream, streaming_problem
-from ._threads import choose_num_threads
+from .threads import choose_num_threads
 
 
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:

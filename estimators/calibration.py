@@ -38,7 +38,7 @@ from torch.func import jvp, vjp, vmap
 
 from ._chains import SGLDDivergenceError, _Problem, run_chains
 from ._setup import _prepare
-from ._threads import choose_num_threads, intra_op_threads
+from .threads import choose_num_threads, intra_op_threads
 
 __all__ = ["StepSizeCalibration", "calibrate_step_size"]
 

@@ -60,7 +60,7 @@ from ._adaptive import ConvergenceTargets, drive
 from ._chains import _STATE_KEYS, SGLDDivergenceError, _ChainLoop, _Problem, _Run, potential_problem
 from ._minimum_check import below_baseline_message, gradient_at_centre, report, slope_message
 from ._setup import RunSettings, _check_positive_int, _prepare, _settings, run_settings
-from ._threads import choose_num_threads, intra_op_threads
+from .threads import choose_num_threads, intra_op_threads
 from .calibration import StepSizeCalibration, _calibrate
 from .diagnostics import effective_sample_size, geweke_z, mean_std_err, split_rhat
 from .distributed import broadcast_object, chain_block, process_group

@@ -25,12 +25,13 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import Tensor
+from torch.func import grad
 
 from slt_interp.estimators import (GaussNewtonOperator, HessianOperator, behavioral_loss, estimate_behavioral_llc,
                                    estimate_llc, rank_curve, stochastic_lanczos_quadrature, threshold_for_sample_size,
-                                   training_loss)
+                                   llc_bounds, training_loss)
+from slt_interp.estimators.threads import choose_num_threads, intra_op_threads
 
-from .threads import small_work_threads
 from .problem import NextTokenLM, head_params, layer_params, next_token_loss, num_tokens, token_nbeta
 
 __all__ = ["peak_memory", "curvature", "order4", "llc", "refined_selection", "ORDER4_MAX_NULLITY"]
@@ -125,7 +126,8 @@ def curvature(model: NextTokenLM, tokens: Tensor, *, num_probes: int, num_steps:
         curve (``taus``, ``ranks``, ``rank_se``), the density, ``matvecs``, ``seconds``, ``peak_memory_mb``.
     """
     device = next(model.parameters()).device
-    with small_work_threads(device, batch_size * tokens.shape[1] * sum(p.numel() for p in model.parameters())):
+    work = batch_size * tokens.shape[1] * sum(p.numel() for p in model.parameters())
+    with intra_op_threads(choose_num_threads(device, work)):
         return _curvature(model, tokens, device, num_probes, num_steps, batch_size, seed, localization)
 
 
@@ -134,8 +136,6 @@ def _curvature(model, tokens, device, num_probes, num_steps, batch_size, seed, l
     n, nb = num_tokens(tokens), token_nbeta(tokens)
     tau_n = float(threshold_for_sample_size(n, localization=localization, nbeta=nb))
     with torch.enable_grad():
-        from torch.func import grad
-
         g = grad(lambda p: train(p))(params)
     grad_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in g.values())))
     out = {"dim": sum(p.numel() for p in params.values()), "n": n, "nbeta": nb, "tau_n": tau_n, "grad_norm": grad_norm}
@@ -178,8 +178,6 @@ def order4(model: NextTokenLM, tokens: Tensor, curv: dict, *, batch_size: int,
         out["reason"] = (f"the numerical null space at τ(n) has dimension {k:.0f} ± {k_se:.0f} (SLQ), far above the "
                          f"{max_nullity} variables a quartic form of ≤ 500 monomials allows")
         return out
-    from slt_interp.estimators import llc_bounds
-
     device = next(model.parameters()).device
     train, _, params = _problems(model, tokens, batch_size)
     with peak_memory(device) as cost, warnings.catch_warnings(record=True) as caught:

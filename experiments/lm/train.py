@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .threads import small_work_threads
+from slt_interp.estimators.threads import choose_num_threads, intra_op_threads
+
 from .language import LanguageSample, repeated_tokens
 from .model import CausalLM, LMConfig
 
@@ -464,9 +465,9 @@ def train(model_config: LMConfig, train_data: LanguageSample, heldout_data: Lang
                     "history": [asdict(r) for r in history], "metadata": metadata or {}},
                    checkpoint_path(out_dir, step))
 
-    # small models train fastest on one intra-op thread (the estimators' rule, slt_interp.estimators._threads)
+    # small models train fastest on one intra-op thread (the estimators' rule, slt_interp.estimators.threads)
     work = config.batch_size * T * sum(p.numel() for p in model.parameters())
-    with small_work_threads(device, work):
+    with intra_op_threads(choose_num_threads(device, work)):
         _train_loop(model, optimizer, config, start, history, record, save, save_steps, eval_steps, train_tokens,
                     batch_losses, out_dir)
     model.eval()

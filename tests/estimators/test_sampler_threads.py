@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from slt_interp.estimators import SGLDDivergenceError, calibrate_step_size, estimate_llc
-from slt_interp.estimators._threads import SMALL_WORK, choose_num_threads, intra_op_threads
+from slt_interp.estimators.threads import SMALL_WORK, choose_num_threads, intra_op_threads
 from tests.estimators._sgld_problems import linear_problem, mse
 
 

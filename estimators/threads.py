@@ -47,7 +47,13 @@ def intra_op_threads(num_threads: int | None) -> Iterator[int]:
     """Run the block with ``torch.set_num_threads(num_threads)`` and restore the previous setting.
 
     The previous setting is restored however the block exits (return, exception, KeyboardInterrupt).
-    ``None`` leaves the setting unchanged. Yields the thread count in force inside the block.
+    ``None`` leaves the setting unchanged.
+
+    Args:
+        num_threads: the intra-op thread count inside the block, or None.
+
+    Yields:
+        The thread count in force inside the block.
     """
     before = torch.get_num_threads()
     if num_threads is None or num_threads == before:
