@@ -182,8 +182,8 @@ class _Layer0:
         Q_{ss'} = p·(Wg_s ⊙ Vg_s' + Wg_s' ⊙ Vg_s). Its maximum over the V^t token choices is at most
         C + Σ_{s<s'} max_{y,y'} [Q_{ss'} + (U_s + U_s')/(t−1)] (the unary terms folded into the t−1 pairs
         each token is in: the sum of the pair potentials equals f, and a sum of maxima bounds the maximum
-        of the sum), and at most C + Σ_s max U_s + Σ_{s<s'} max Q_{ss'}; the smaller is returned. Exact for
-        t ≤ 1 (one free token). Same for −f.
+        of the sum; never above the separable C + Σ_s max U_s + Σ_{s<s'} max Q_{ss'}, as
+        max(f + g) ≤ max f + max g). Exact for t ≤ 1 (one free token). Same for −f.
 
         Args:
             mlp: the layer-0 :class:`~slt_interp.bilinear.layers.BilinearMLP`.
@@ -196,32 +196,21 @@ class _Layer0:
         if key in self._support_cache:
             return self._support_cache[key]
         P = mlp.P.detach().to(self.e.dtype)
-        cwv, single, pairs = self._mlp0_quadratic(mlp)
+        cwv, single, folded = self._mlp0_quadratic(mlp)
         p = w @ P  # (k, h)
         k = w.shape[0]
-        C = cwv @ p.T  # (t, x, k)
-        U = (single @ p.T).permute(4, 0, 1, 2, 3)  # (k, t, x, s, y)
-        hi = C.permute(2, 0, 1).clone()  # (k, t, x)
+        hi = (cwv @ p.T).permute(2, 0, 1).clone()  # (k, t, x): C
         lo = hi.clone()
-        for t in range(1, self.T):
-            u = U[:, t, :, :t]  # (k, x, s, y)
-            u_hi, u_lo = u.amax(dim=3).sum(dim=2), u.amin(dim=3).sum(dim=2)  # (k, x)
-            if t == 1:
-                hi[:, t] += u_hi
-                lo[:, t] += u_lo
-                continue
-            Hf, si, sj = pairs[t]  # Hf: (h, x·pairs·y·y'), pairs s < s'
-            shared = u / (t - 1)  # each token's unary part, split over the t − 1 pairs it is in
+        if self.T > 1:  # t = 1: one free token, its unary part maximised exactly
+            u = single[1, :, 0] @ p.T  # (x, y, k)
+            hi[:, 1] += u.amax(dim=1).T
+            lo[:, 1] += u.amin(dim=1).T
+        for t, Hf in folded.items():  # Hf: (h, x·pairs·y·y'), the unaries already folded into the pairs
             chunk = max(1, _LIMIT // Hf.shape[1])
             for k0 in range(0, k, chunk):
-                kc = slice(k0, k0 + chunk)
-                Q = (p[kc] @ Hf).view(-1, self.V, len(si), self.V, self.V)  # (kc, x, pairs, y, y')
-                sep_hi = u_hi[kc] + Q.amax(dim=(3, 4)).sum(dim=2)
-                sep_lo = u_lo[kc] + Q.amin(dim=(3, 4)).sum(dim=2)
-                Q += shared[kc][:, :, si, :, None]  # the fold, in place: Q + (U_s + U_s')/(t − 1)
-                Q += shared[kc][:, :, sj, None, :]
-                hi[kc, t] += torch.minimum(sep_hi, Q.amax(dim=(3, 4)).sum(dim=2))
-                lo[kc, t] += torch.maximum(sep_lo, Q.amin(dim=(3, 4)).sum(dim=2))
+                Q = (p[k0:k0 + chunk] @ Hf).view(-1, self.V, t * (t - 1) // 2, self.V * self.V)  # (kc, x, pairs, y·y')
+                hi[k0:k0 + chunk, t] += Q.amax(dim=3).sum(dim=2)
+                lo[k0:k0 + chunk, t] += Q.amin(dim=3).sum(dim=2)
         self._support_cache[key] = (hi, lo)
         return hi, lo
 
@@ -229,21 +218,23 @@ class _Layer0:
         """Hidden-space parts of the layer-0 MLP as a pairwise function of the free tokens, once per model.
 
         Returns:
-            Wc ⊙ Vc (t, x, h); the single-slot part Wc ⊙ Vg_s + Wg_s ⊙ Vc + Wg_s ⊙ Vg_s (t, x, s, y, h);
-            per t ≥ 2, (H, s, s') with H (h, x·pairs·y·y') = Wg_s ⊙ Vg_s' + Wg_s' ⊙ Vg_s for the pairs s < s'.
+            Wc ⊙ Vc (t, x, h); the single-slot part S_s = Wc ⊙ Vg_s + Wg_s ⊙ Vc + Wg_s ⊙ Vg_s (t, x, s, y, h);
+            per t ≥ 2, the folded pair potentials (h, x·pairs·y·y') Wg_s ⊙ Vg_s' + Wg_s' ⊙ Vg_s
+            + (S_s(y) + S_s'(y'))/(t − 1) for the pairs s < s' < t (row-major in x, pair, y, y').
         """
         if not hasattr(self, "_quadratic"):
             W, V, _ = self._mlp_weights(mlp)
             c, g = self.resid_atoms()
             cw, cv, gw, gv = c @ W.T, c @ V.T, g @ W.T, g @ V.T  # (t, x, h), (t, x, s, y, h)
             single = cw[:, :, None, None] * gv + gw * cv[:, :, None, None] + gw * gv  # (t, x, s, y, h)
-            pairs = {}
+            folded = {}
             for t in range(2, self.T):
                 si, sj = torch.triu_indices(t, t, 1, device=c.device)
-                a, b = gw[t], gv[t]  # (x, s, y, h)
+                a, b, u = gw[t], gv[t], single[t] / (t - 1)  # (x, s, y, h)
                 H = a[:, si, :, None] * b[:, sj, None] + a[:, sj, None] * b[:, si, :, None]  # (x, pairs, y, y', h)
-                pairs[t] = (H.reshape(-1, H.shape[-1]).T.contiguous(), si, sj)
-            self._quadratic = (cw * cv, single, pairs)
+                H += u[:, si, :, None] + u[:, sj, None]
+                folded[t] = H.reshape(-1, H.shape[-1]).T.contiguous()
+            self._quadratic = (cw * cv, single, folded)
         return self._quadratic
 
     def mlp0_pair_sup(self, mlp, L: Tensor, branch: bool = False) -> Tensor:
@@ -584,7 +575,7 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                 return lam[None] * w[:, None, None]
             return None
 
-        def joint_products(a, b, v, A, W, S_hi, S_lo, vh, vl, cache):
+        def joint_products(a, b, v, A, W, S_hi, S_lo, vh, vl, cache, ts: Tensor):
             """Bounds on sup and inf of score·(W v_c)_r jointly over the shared tokens.
 
             With A = Σ_p α_p(x_p) the score and B = Σ_p β_p(x_p) a value row (the same tokens), for
@@ -592,8 +583,11 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
             −AB ≤ (μA − B/μ)²/4; the sup of (μA ± B/μ)² is the larger square of the exact separable sup
             and inf Σ_p max_z / min_z.
 
+            Args:
+                ts: the query positions to bound (the tables are built for all, the products for these only).
+
             Returns:
-                (up, down), each (r, t, x, s, y), or None when score or value is not separable.
+                (up, down), each (r, len(ts), x, s, y), or None when score or value is not separable.
             """
             free = ~is_forced  # (t, x, s, y, p)
             if ("ja", a, b) not in cache:  # per score: atoms, forced part, free sup / inf (when spread)
@@ -618,7 +612,9 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
                 return None
             alpha, a_f, a_spread, a_hi, a_lo = cache["ja", a, b]  # a_f: (t, x, s, y), the forced tokens' atoms
             beta, b_f, b_spread, b_hi, b_lo = cache["jb", v, id(W)]  # b_f, b_hi, b_lo: (r, t, x, s, y)
-            big_a = torch.maximum(S_hi, -S_lo)  # (t, x, s, y)
+            alpha, a_f, a_hi, a_lo, free = alpha[ts], a_f[ts], a_hi[ts], a_lo[ts], free[ts]  # the positions asked
+            b_f, b_hi, b_lo = b_f[:, ts], b_hi[:, ts], b_lo[:, ts]
+            big_a = torch.maximum(S_hi[ts], -S_lo[ts])  # (t, x, s, y)
             big_b = torch.maximum(vh, -vl)[:, 0, 0]  # (r, s, y)
             ups, downs = [], []
             for r in range(W.shape[0]):
@@ -735,17 +731,34 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
             corners = torch.stack([S_hi * vh, S_hi * vl, S_lo * vh, S_lo * vl])  # (4, r, t, x, s, y)
             impossible = same_token == 0  # s = t with a key token other than the query token
             up, down = corners.amax(dim=0), corners.amin(dim=0)  # (r, t, x, s, y)
-            if (M is not None or readout is None) and (T * base.V) ** 3 <= _LIMIT // 4:
-                # the joint per-position bound where it is the output (its tables have (T·V)³ entries)
-                joint = joint_products(a, b, v, A, cache[key_r][2], S_hi, S_lo, vh, vl, cache)
-                if joint is not None:
-                    up, down = torch.minimum(up, joint[0]), torch.maximum(down, joint[1])
-            up = up.masked_fill(impossible, -torch.inf).amax(dim=-1)  # (r, t, x, s)
-            down = down.masked_fill(impossible, torch.inf).amin(dim=-1)
-            up = (up * causal[:, None]).sum(dim=-1)  # (r, t, x): finite, y = x is always possible at s = t
-            down = (down * causal[:, None]).sum(dim=-1)
-            coord = n * torch.maximum(up, -down).norm(dim=0).amax(dim=1)  # (t,)
-            return torch.minimum(norm_bound, coord)
+
+            def coord(up, down, ts):  # per-coordinate products (r, t', x, s, y) → the bound at positions ts
+                up = up.masked_fill(impossible[ts], -torch.inf).amax(dim=-1)  # (r, t', x, s)
+                down = down.masked_fill(impossible[ts], torch.inf).amin(dim=-1)
+                up = (up * causal[ts, None]).sum(dim=-1)  # (r, t', x): finite, y = x is always possible at s = t
+                down = (down * causal[ts, None]).sum(dim=-1)
+                return n[ts] * torch.maximum(up, -down).norm(dim=0).amax(dim=1)  # (t',)
+
+            every = torch.arange(T, device=dev)
+            out = torch.minimum(norm_bound, coord(up, down, every))
+            if not ((M is not None or readout is None) and (T * base.V) ** 3 <= _LIMIT // 4):
+                return out
+            # the joint per-position bound where it is the output (its tables have (T·V)³ entries). For the
+            # readout (only max_t is used) positions are refined in decreasing order of their bound until the
+            # largest refined bound is at least every unrefined one: the maximum is then the one of refining all
+            order = out.argsort(descending=True) if M is not None else every
+            done = -torch.inf
+            for i in range(0, T, 2):
+                ts = order[i:i + 2]
+                if M is not None and done >= float(out[ts].max()):
+                    break
+                joint = joint_products(a, b, v, A, cache[key_r][2], S_hi, S_lo, vh, vl, cache, ts)
+                if joint is None:
+                    break
+                refined = coord(torch.minimum(up[:, ts], joint[0]), torch.maximum(down[:, ts], joint[1]), ts)
+                out[ts] = torch.minimum(out[ts], refined)
+                done = max(done, float(out[ts].max()))
+            return out
 
         def mlp_term(c, a: int, b: int, M: Tensor | None, cache: dict) -> Tensor:
             mlp = model.blocks[c.layer].mlp
