@@ -65,15 +65,24 @@ DEVINTERP_RRR = dict(step_size=6e-4, localization=1.0, num_chains=3, num_draws=2
 
 
 class Polynomial(nn.Module):
-    """f(x; w) = x·Π_i w_i^(p_i), w* = 0 (devinterp.test_utils.Polynomial, in float64)."""
+    """f(x; w) = x·Π_i w_i^(p_i), w* = 0 (devinterp.test_utils.Polynomial, in float64).
+
+    A power 0 leaves its weight out of the product (a flat direction, held by γ alone) instead of
+    computing w^0: at w = 0 the second derivative of w^0 is 0·∞ = NaN in autograd, which would poison
+    the Hessian-vector products of the step-size calibration.
+    """
 
     def __init__(self, powers: Sequence[int]):
         super().__init__()
-        self.register_buffer("powers", torch.tensor([float(p) for p in powers], dtype=torch.float64))
-        self.weights = nn.Parameter(torch.zeros(len(powers), dtype=torch.float64))
+        self.powers = tuple(int(p) for p in powers)
+        self.weights = nn.Parameter(torch.zeros(len(self.powers), dtype=torch.float64))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.prod(self.weights ** self.powers)
+        g = torch.ones((), dtype=self.weights.dtype, device=self.weights.device)
+        for i, p in enumerate(self.powers):
+            if p:
+                g = g * self.weights[i] ** p
+        return x * g
 
 
 def mse(prediction: Tensor, target: Tensor) -> Tensor:
@@ -200,7 +209,7 @@ def _cases():
         yield rrr_case(*shape), None
 
 
-def run_part(part: str, cache: Path) -> None:
+def run_part(part: str, cache: Path, only: str | None = None) -> None:
     """Compute one part's rows into ``cache``/<part>.json, one row at a time (a cut-off run keeps its rows).
 
     ``ours``: our default estimate and the exact target of every case; ``devinterp``: devinterp with its
@@ -209,9 +218,19 @@ def run_part(part: str, cache: Path) -> None:
     path = cache / f"{part}.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
     for case, powers in _cases():
-        if case.name in rows:
+        if case.name in rows or (only is not None and only not in case.name):
             continue
-        if part == "ours":
+        if part == "ours_nofloor":  # the adaptive burn-in before its relaxation floor (issue 10 diagnosis)
+            if powers is not None:
+                continue
+            from slt_interp.estimators import _adaptive
+
+            saved, _adaptive.RELAXATION = _adaptive.RELAXATION, 0.0
+            try:
+                r = dict(ours=ours(case))
+            finally:
+                _adaptive.RELAXATION = saved
+        elif part == "ours":
             r = dict(llc=case.llc, ours=ours(case))
             if powers is not None:
                 r.update(target=case.target, target_se=0.0, reference="quadrature")
@@ -232,22 +251,26 @@ def run_part(part: str, cache: Path) -> None:
         print(case.name, r, flush=True)
 
 
-def main(out: Path | None = None, *, parts: Sequence[str] = ("ours", "devinterp"), cache: Path | None = None) -> str:
-    """Run ``parts`` (cached in ``cache``) and write the table from every cached row."""
+def main(out: Path | None = None, *, parts: Sequence[str] = ("ours", "devinterp"), cache: Path | None = None,
+         only: str | None = None) -> str:
+    """Run ``parts`` (cached in ``cache``; cases whose name contains ``only``) and write the table from every
+    cached row."""
     from experiments.benchmarks._machine import load_note
 
     note = load_note()
     cache = cache or Path(tempfile.mkdtemp(prefix="devinterp_ported_"))
     cache.mkdir(parents=True, exist_ok=True)
     for part in parts:
-        run_part(part, cache)
+        run_part(part, cache, only)
     mine = json.loads((cache / "ours.json").read_text()) if (cache / "ours.json").exists() else {}
     peer = json.loads((cache / "devinterp.json").read_text()) if (cache / "devinterp.json").exists() else {}
+    before = json.loads((cache / "ours_nofloor.json").read_text()) if (cache / "ours_nofloor.json").exists() else {}
     rows = []
     for name, r in mine.items():
         t = peer.get(name, {})
         their_target = t.get("their_target", r["target"] if name.startswith("rrr") else None)
-        rows.append(dict(r, case=name, theirs=t.get("theirs"), their_target=their_target))
+        rows.append(dict(r, case=name, theirs=t.get("theirs"), their_target=their_target,
+                         before=before.get(name, {}).get("ours")))
     text = _table(rows, note)
     path = out or Path(__file__).parent / "results" / "devinterp_ported.md"
     path.write_text(text)
@@ -293,6 +316,19 @@ def _table(rows: list[dict], note: str) -> str:
             theirs_cells = (f"{t['mean']:.4g} ± {t['se']:.2g} | {(t['mean'] - r['llc']) / t['se']:+.1f} | "
                             f"{'—' if zt is None else f'{zt:+.1f}'} | {t['seconds']:.0f}")
         lines.append(f"| {r['case']} | {r['llc']:.4g} | {tgt} | {mine} | {theirs_cells} |")
+    early = [r for r in rows if r.get("before")]
+    if early:
+        lines += ["", "Our defaults without the adaptive burn-in's relaxation floor 2/(εγ) (`_adaptive.RELAXATION = 0`, "
+                      "the burn-in before this benchmark's fix), same cases and targets:", "",
+                  "| case | T | λ̂ ± SE | z | burn-in | steps | s |", "|---|---|---|---|---|---|---|"]
+        for r in early:
+            b = r["before"]
+            if "error" in b:
+                lines.append(f"| {r['case']} | {r['target']:.4g} | error: {b['error']} | — | — | — | {b['seconds']:.0f} |")
+                continue
+            lines.append(f"| {r['case']} | {r['target']:.4g} ± {r['target_se']:.2g} | {b['mean']:.4g} ± {b['se']:.2g} | "
+                         f"{_z(b['mean'], b['se'], r['target'], r['target_se']):+.1f} | {b['burnin']} | {b['steps']} | "
+                         f"{b['seconds']:.0f} |")
     lines += ["", f"**Summary (computed from the rows):** ours passes {passed} of {len(rows)} cases "
                   f"(|z| ≤ 3 against T, no error). RRR references: " + "; ".join(
                       f"{r['case']}: {r['reference']}" for r in rows if r["reference"] != "quadrature") + "."]
@@ -303,11 +339,12 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", action="append", choices=["ours", "devinterp"],
+    ap.add_argument("--part", action="append", choices=["ours", "devinterp", "ours_nofloor"],
                     help="compute only this part (repeatable; default both)")
     ap.add_argument("--cache", type=Path, default=None, help="folder of the per-part JSON rows (kept between runs)")
+    ap.add_argument("--only", default=None, help="only the cases whose name contains this (e.g. rrr)")
     ap.add_argument("--table-only", action="store_true", help="only rebuild the table from --cache")
     args = ap.parse_args()
     torch.set_num_threads(1)
     parts = () if args.table_only else (args.part or ("ours", "devinterp"))
-    print(main(parts=parts, cache=args.cache))
+    print(main(parts=parts, cache=args.cache, only=args.only))
