@@ -66,6 +66,8 @@ class StudySettings:
         llc_batch: sequences per SGLD gradient.
         llc_chains: SGLD chains.
         llc_max_seconds: budget of each adaptive SGLD run (None: the package's step budget only).
+        pilot_steps: steps of the calibration pilots, run once per checkpoint and loss
+            (:func:`experiments.lm.measure.calibrate`; the package's default is 200).
         refine: weight-refined LLCs: "layers", "heads" or both; ``refine_at`` "all" checkpoints or
             only "transition" (the two bracketing the drop, or the first and last without one).
         localization: γ of the SGLD localization, and of τ(n) = γ/(nβ). 100, not the package's default 1: a
@@ -93,6 +95,7 @@ class StudySettings:
     llc_max_seconds: float | None = None
     refine: tuple[str, ...] = ("layers", "heads")
     refine_at: str = "all"
+    pilot_steps: int = 200
     localization: float = 100.0
     dtype: str = "float64"
     seed: int = 0
@@ -117,21 +120,36 @@ def quick_settings() -> StudySettings:
                          train=TrainConfig(num_steps=2000, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=100,
                                            num_probe_sequences=32),
                          num_checkpoints=2, slq_probes=6, slq_steps=40, curvature_batch=64, llc_batch=16,
-                         llc_max_seconds=8.0, refine=("heads",), refine_at="transition")
+                         llc_max_seconds=8.0, pilot_steps=100, refine=("heads",), refine_at="transition")
 
 
 def full_settings(size: str) -> StudySettings:
-    """The full study at ``size`` ("0.1M", "1M" or "10M"; the 10M only on a GPU)."""
+    """The full study at ``size`` ("0.1M", "1M" or "10M"; the 10M only on a GPU).
+
+    The CPU sizes are set by what one or two CPU cores can do (measured on the 0.1M model, V = T = 64,
+    float64, one thread: a Hessian-vector product over 128 sequences costs about 2 s of CPU time, over
+    512 sequences about 8 s; a training step of 64 sequences about 0.3 s): L_n over 128 sequences
+    (n = 8,064 tokens), SLQ with 4 probes × 40 Lanczos steps per operator, three checkpoints, and SGLD
+    runs of at most 180 s each with the per-head refinement at the two checkpoints that bracket the
+    formation of the induction heads. The 1M and 10M sizes keep the larger settings for a GPU (the 1M
+    model's training step took 3.5 s on the shared 2-core CPU).
+    """
     from experiments.lm.model import SIZES
 
     V, T = 64, 64
     model = config_for_size(SIZES[size], vocab_size=V, seq_len=T)
-    steps = {"0.1M": 8000, "1M": 12000, "10M": 20000}[size]
+    if size == "0.1M":
+        return StudySettings(name=size, model=model, language=_language(V, T), num_train=65536, num_measure=128,
+                             train=TrainConfig(num_steps=3000, batch_size=64, lr=1e-3, warmup_steps=200,
+                                               eval_every=250, num_probe_sequences=32),
+                             num_checkpoints=3, slq_probes=4, slq_steps=40, curvature_batch=128, llc_batch=16,
+                             llc_max_seconds=180.0, pilot_steps=100, refine=("layers", "heads"), refine_at="transition",
+                             dtype="float64")
+    steps = {"1M": 12000, "10M": 20000}[size]
     return StudySettings(name=size, model=model, language=_language(V, T), num_train=65536, num_measure=512,
                          train=TrainConfig(num_steps=steps, batch_size=64, lr=1e-3, warmup_steps=200, eval_every=500,
                                            num_probe_sequences=32),
-                         num_checkpoints=5, slq_probes=8, slq_steps=100, llc_max_seconds=600.0,
-                         dtype="float64" if size == "0.1M" else "float32")
+                         num_checkpoints=5, slq_probes=8, slq_steps=100, llc_max_seconds=600.0, dtype="float32")
 
 
 @dataclass
@@ -191,6 +209,12 @@ def _refined_keys(s: StudySettings) -> list[str]:
     return keys
 
 
+def _step(store: _Store, step: int, kind: str) -> float | None:
+    """The calibrated ε of this checkpoint and loss (None for a store written before calibrations were)."""
+    cal = store.get(step, f"calibration/{kind}")
+    return None if cal is None else cal["step_size"]
+
+
 def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=None) -> StudyResult:
     """Train (or resume), choose the checkpoints and measure each one (module docstring).
 
@@ -224,7 +248,8 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
     refine_steps = steps if s.refine_at == "all" else {transition.before_step or steps[0], transition.after_step or steps[-1]}
     tasks = []
     for step in steps:
-        tasks += [(step, "curvature"), (step, "order4"), (step, "llc"), (step, "behavioral_llc")]
+        tasks += [(step, "curvature"), (step, "order4"), (step, "calibration/training"), (step, "llc"),
+                  (step, "calibration/behavioral"), (step, "behavioral_llc")]
         if step in refine_steps:
             tasks += [(step, f"refined/{k}") for k in _refined_keys(s)]
     todo = [t for t in tasks if store.get(*t) is None]
@@ -246,12 +271,16 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
                                       localization=s.localization)
         elif key == "order4":
             value = measure.order4(model, tokens, store.get(step, "curvature"), batch_size=s.curvature_batch)
+        elif key.startswith("calibration/"):
+            value = measure.calibrate(model, tokens, kind=key.split("/", 1)[1], batch_size=s.llc_batch,
+                                      localization=s.localization, pilot_steps=s.pilot_steps, seed=s.seed + step)
         elif key == "llc":
-            value = measure.llc(model, tokens, kind="training", **llc_kw)
+            value = measure.llc(model, tokens, kind="training", step_size=_step(store, step, "training"), **llc_kw)
         elif key == "behavioral_llc":
-            value = measure.llc(model, tokens, kind="behavioral", **llc_kw)
+            value = measure.llc(model, tokens, kind="behavioral", step_size=_step(store, step, "behavioral"), **llc_kw)
         else:
-            value = measure.llc(model, tokens, kind="training", selection=key.split("/", 1)[1], **llc_kw)
+            value = measure.llc(model, tokens, kind="training", selection=key.split("/", 1)[1],
+                                step_size=_step(store, step, "training"), **llc_kw)
         store.put(step, key, value)
         if log:
             log(f"[{s.name}] step {step} {key}: {_brief(key, value)}")
@@ -267,6 +296,8 @@ def _brief(key, v) -> str:
                 f"({h['seconds'] + v['gauss_newton']['seconds']:.1f} s)")
     if key == "order4":
         return "computed" if v["computed"] else "not computed: " + v["reason"]
+    if key.startswith("calibration/"):
+        return f"ε = {v['step_size']:.3g} ({v['seconds']:.0f} s)"
     return f"{v['mean']:.2f} ± {v['std_err']:.2f} ({'converged' if v['converged'] else 'NOT converged'}, {v['seconds']:.0f} s)"
 
 
@@ -504,12 +535,18 @@ def _cost_table(res: StudyResult) -> str:
                 h = c[key]
                 lines.append(f"| {step} | SLQ {key.replace('_', '–')} | {h['seconds']:.1f} | {h['peak_memory_mb']:.0f} | "
                              f"{h['matvecs']} products ({h['num_probes']} probes × {h['num_steps']} steps) |")
+        for kind in ("training", "behavioral"):
+            v = m.get(f"calibration/{kind}")
+            if v:
+                lines.append(f"| {step} | step-size calibration ({kind}) | {v['seconds']:.1f} | {v['peak_memory_mb']:.0f} | "
+                             f"{v.get('num_candidates', 17)} pilot chains × {v['pilot_steps']} steps → ε = {v['step_size']:.2g} |")
         for key in ["llc", "behavioral_llc"] + sorted(k for k in m if k.startswith("refined/")):
             v = m.get(key)
             if v:
                 lines.append(f"| {step} | {key} | {v['seconds']:.1f} | {v['peak_memory_mb']:.0f} | "
                              f"{v['num_burnin'] + v['num_draws']} steps × {res.settings.llc_chains} chains, ε = "
-                             f"{v['step_size']:.2g}{'' if v['converged'] else ', not converged'} |")
+                             f"{v['step_size']:.2g}{'' if v['converged'] else ', not converged'}"
+                             f"{', diverged at the calibrated ε: recalibrated' if v.get('recalibrated') else ''} |")
     return "\n".join(lines)
 
 

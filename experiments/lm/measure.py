@@ -10,7 +10,11 @@ so that a study can store them, resume, and say what the next size up would cost
   mass below −τ(n) (w* is not a minimum of L_n where it is large) and ‖∇L_n(w*)‖.
 * :func:`order4` — the quartic analysis on the null space at τ(n) where the null space is small enough
   (:func:`slt_interp.estimators.sharpen_bounds`), else the reason it cannot be done at this size.
-* :func:`llc` — SGLD estimates with the package's adaptive defaults (:func:`slt_interp.estimators.estimate_llc`),
+* :func:`calibrate` — the package's step-size rule (:func:`slt_interp.estimators.calibrate_step_size`) once
+  per checkpoint and loss: its pilots (17 chains, two gradients a step) cost far more than a short
+  estimate of a transformer, so a study calibrates once and hands the step to every estimate of that loss
+  (the weight-refined ones sample a subset of the same coordinates: the step is at least as stable there).
+* :func:`llc` — SGLD estimates with the package's adaptive run length (:func:`slt_interp.estimators.estimate_llc`),
   nβ counted in tokens (:mod:`.problem`): the LLC, the behavioral LLC (KL) and weight-refined LLCs.
 """
 from __future__ import annotations
@@ -27,14 +31,15 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
-from slt_interp.estimators import (GaussNewtonOperator, HessianOperator, behavioral_loss, estimate_behavioral_llc,
-                                   estimate_llc, rank_curve, stochastic_lanczos_quadrature, threshold_for_sample_size,
+from slt_interp.estimators import (GaussNewtonOperator, HessianOperator, SGLDDivergenceError, behavioral_kl,
+                                   behavioral_loss, calibrate_step_size, estimate_behavioral_llc, estimate_llc,
+                                   reference_outputs, rank_curve, stochastic_lanczos_quadrature, threshold_for_sample_size,
                                    llc_bounds, training_loss)
 from slt_interp.estimators.threads import choose_num_threads, intra_op_threads
 
 from .problem import NextTokenLM, head_params, layer_params, next_token_loss, num_tokens, token_nbeta
 
-__all__ = ["peak_memory", "curvature", "order4", "llc", "refined_selection", "ORDER4_MAX_NULLITY"]
+__all__ = ["peak_memory", "curvature", "order4", "calibrate", "llc", "refined_selection", "ORDER4_MAX_NULLITY"]
 
 #: the largest null space the quartic analysis takes: a quartic form in k variables has C(k+3, 4)
 #: monomials, and :func:`slt_interp.estimators.analyze_quartic` fits at most 500 (k = 9: 495)
@@ -201,10 +206,35 @@ def refined_selection(model: NextTokenLM, key: str):
     raise ValueError(f"unknown selection {key!r}; use 'all', 'layer<l>' or 'head<l>.<h>'")
 
 
+def calibrate(model: NextTokenLM, tokens: Tensor, *, kind: str = "training", batch_size: int = 64,
+              localization: float = 1.0, pilot_steps: int = 200, seed: int = 0) -> dict:
+    """The SGLD step size of the package's rule for the LLC (``kind="training"``) or the behavioral LLC
+    (``"behavioral"``, the KL from the checkpoint's own predictions) at this checkpoint.
+
+    Returns:
+        A dict: ``step_size``, ``acceptance_step``, ``bias_step``, ``max_curvature``, ``pilot_steps``,
+        ``num_candidates`` (pilot chains), ``warnings``, ``seconds``, ``peak_memory_mb``.
+    """
+    if kind == "training":
+        loss_fn, data = next_token_loss, (tokens, tokens)
+    elif kind == "behavioral":
+        loss_fn, data = behavioral_kl, (tokens, reference_outputs(model, tokens))
+    else:
+        raise ValueError(f"kind must be 'training' or 'behavioral', got {kind!r}")
+    device = next(model.parameters()).device
+    with peak_memory(device) as cost:
+        cal = calibrate_step_size(model, loss_fn, data, nbeta=token_nbeta(tokens), localization=localization,
+                                  batch_size=batch_size, seed=seed, pilot_steps=pilot_steps)
+    return {"step_size": float(cal.step_size), "acceptance_step": float(cal.acceptance_step_size),
+            "bias_step": float(cal.bias_bound_step_size), "max_curvature": float(cal.max_curvature),
+            "pilot_steps": int(cal.pilot_steps), "num_candidates": len(cal.candidates), "warnings": list(cal.warnings), "seconds": cost["seconds"],
+            "peak_memory_mb": cost["peak_memory_mb"]}
+
+
 def llc(model: NextTokenLM, tokens: Tensor, *, kind: str = "training", selection: str = "all", batch_size: int = 64,
         localization: float = 1.0,
         num_chains: int = 4, max_seconds: float | None = None, max_steps: int | None = None, seed: int = 0,
-        checkpoint_path=None) -> dict:
+        checkpoint_path=None, step_size: float | None = None) -> dict:
     """One SGLD estimate with the package's adaptive defaults, nβ counted in tokens.
 
     Args:
@@ -218,6 +248,8 @@ def llc(model: NextTokenLM, tokens: Tensor, *, kind: str = "training", selection
         max_seconds, max_steps: the adaptive run's budget (None: the package's defaults).
         seed: the estimate's seed.
         checkpoint_path: sampler checkpoint file (resumed when it exists).
+        step_size: ε from :func:`calibrate` (None: calibrated inside the estimate). A chain that diverges
+            at this ε is rerun with the estimator's own calibration and back-off (``recalibrated``).
 
     Returns:
         A dict: ``mean``, ``std_err``, ``converged``, ``num_draws``, ``num_burnin``, ``step_size``,
@@ -228,17 +260,29 @@ def llc(model: NextTokenLM, tokens: Tensor, *, kind: str = "training", selection
               params=refined_selection(model, selection), max_seconds=max_seconds, max_steps=max_steps)
     if checkpoint_path is not None:
         kw.update(checkpoint_path=checkpoint_path, resume=os.path.exists(checkpoint_path))
+    if kind not in ("training", "behavioral"):
+        raise ValueError(f"kind must be 'training' or 'behavioral', got {kind!r}")
+
+    def run(**extra):
+        if kind == "training":
+            return estimate_llc(model, next_token_loss, (tokens, tokens), **kw, **extra)
+        return estimate_behavioral_llc(model, tokens, kind="kl", **kw, **extra)
+
+    recalibrated = False
     with peak_memory(device) as cost, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if kind == "training":
-            est = estimate_llc(model, next_token_loss, (tokens, tokens), **kw)
-        elif kind == "behavioral":
-            est = estimate_behavioral_llc(model, tokens, kind="kl", **kw)
-        else:
-            raise ValueError(f"kind must be 'training' or 'behavioral', got {kind!r}")
+        try:
+            est = run(step_size=step_size)
+        except SGLDDivergenceError:
+            if step_size is None:
+                raise
+            if checkpoint_path is not None and os.path.exists(checkpoint_path):
+                os.remove(checkpoint_path)  # its fingerprint holds the step that diverged
+            kw["resume"] = False
+            est, recalibrated = run(), True
     s, dgn = est.settings, est.diagnostics
     return {"mean": float(est.mean), "std_err": float(est.std_err), "converged": bool(est.converged),
             "num_draws": int(s.num_draws), "num_burnin": int(s.num_burnin), "step_size": float(s.step_size),
             "rhat": float(dgn.rhat), "ess": float(dgn.ess), "num_params": int(s.num_sampled_params),
             "warnings": sorted({str(w.message).split("\n")[0][:300] for w in caught}),
-            "seconds": cost["seconds"], "peak_memory_mb": cost["peak_memory_mb"]}
+            "recalibrated": recalibrated, "seconds": cost["seconds"], "peak_memory_mb": cost["peak_memory_mb"]}

@@ -10,11 +10,14 @@ ORDER = 35
 
 
 def settings(quick: bool) -> study.StudySettings:
-    """The default report runs :func:`~experiments.transformer_study.quick_settings`; ``--quick`` shortens it."""
+    """The default report runs :func:`~experiments.transformer_study.quick_settings`; ``--quick`` is a smoke
+    run of the same pipeline: 1000 training steps, L_n over 32 sequences, SLQ 3 × 15, two chains of 8
+    sequences per gradient with a 3 s budget and 50-step calibration pilots, no refined LLCs (a sampler step and its calibration pilots
+    cost in proportion to chains × batch, so this is about 4× cheaper per estimate)."""
     s = study.quick_settings()
     if quick:
-        s = replace(s, num_measure=32, slq_probes=3, slq_steps=15, llc_max_seconds=3.0, refine=("layers",),
-                    train=replace(s.train, num_steps=1000))
+        s = replace(s, num_measure=32, slq_probes=3, slq_steps=15, llc_max_seconds=3.0, llc_chains=2, llc_batch=8,
+                    pilot_steps=50, refine=(), train=replace(s.train, num_steps=1000))
     return s
 
 

@@ -69,17 +69,6 @@ def test_head_masks_select_exactly_one_head():
         head_params(model, 2, 0)
 
 
-@pytest.fixture(scope="module")
-def trained_tiny():
-    cfg = LMConfig(vocab_size=4, seq_len=6, num_layers=1, num_heads=1, d_model=4, mlp_ratio=1)
-    lang = Language(LanguageConfig(vocab_size=4, seq_len=6, branching=2, logit_scale=2.0, min_copy_len=2,
-                                   max_copy_len=3, min_offset=2, copy_rate=0.3))
-    tr, ho = lang.splits(256, 64, seed=0)
-    run = train(cfg, tr, ho, TrainConfig(num_steps=600, batch_size=64, lr=2e-2, warmup_steps=20, eval_every=600,
-                                         num_eval_sequences=64, num_probe_sequences=2), dtype=torch.float64)
-    return NextTokenLM(run.model), tr.tokens
-
-
 def test_default_llc_of_the_smallest_lm_agrees_with_a_smaller_step_reference(trained_tiny):
     """Defaults (adaptive length, calibrated ε; γ = 100 as the LM study uses) vs ε/2 run twice as long.
 
