@@ -215,7 +215,7 @@ def _step(store: _Store, step: int, kind: str) -> float | None:
     return None if cal is None else cal["step_size"]
 
 
-def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=None) -> StudyResult:
+def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=None, measure_more: bool = True) -> StudyResult:
     """Train (or resume), choose the checkpoints and measure each one (module docstring).
 
     Args:
@@ -224,6 +224,7 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
         log: called with one line per finished measurement.
         progress: ``progress(iterable, total=, desc=)`` wrapper (e.g. tqdm) for the measurement loop.
         device: where to train and measure (default: CUDA when available, else CPU).
+        measure_more: False: only what is stored (a report of a study still running or cut short).
 
     Returns:
         :class:`StudyResult`.
@@ -252,7 +253,7 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
                   (step, "calibration/behavioral"), (step, "behavioral_llc")]
         if step in refine_steps:
             tasks += [(step, f"refined/{k}") for k in _refined_keys(s)]
-    todo = [t for t in tasks if store.get(*t) is None]
+    todo = [t for t in tasks if store.get(*t) is None] if measure_more else []
     iterator = progress(todo, total=len(todo), desc=f"transformer {s.name}") if progress else todo
     models = {}
     for step, key in iterator:
@@ -597,6 +598,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", nargs="+", default=["0.1M", "1M"], choices=["0.1M", "1M", "10M"])
     parser.add_argument("--quick", action="store_true", help="the report's quick settings instead of --sizes")
     parser.add_argument("--out", type=Path, default=Path("runs/transformer"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the stored numbers without measuring more (the training "
+                             "must have finished)")
     args = parser.parse_args(argv)
     from tqdm.auto import tqdm
 
@@ -605,7 +609,8 @@ def main(argv=None) -> int:
         parser.error("the 10M model is for a GPU (no CUDA device here); the CPU study stops at 1M")
     texts = ["# How degenerate is a trained transformer LM? (issue 13)\n"]
     for s in settings:
-        res = run_study(s, args.out / s.name, progress=lambda it, **kw: tqdm(it, **kw), log=tqdm.write)
+        res = run_study(s, args.out / s.name, progress=lambda it, **kw: tqdm(it, **kw), log=tqdm.write,
+                        measure_more=not args.report_only)
         fig_dir = args.out / "figures"
         fig_dir.mkdir(parents=True, exist_ok=True)
 
