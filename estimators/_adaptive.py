@@ -15,7 +15,10 @@ one sampler kernel):
   of a short window, so the z test alone passes it: on devinterp's reduced-rank case (5, 3, 5), n = 1000
   (gauge directions B·A = (B·g)(g⁻¹·A) held by γ only), the burn-in stopped at 400 steps and λ̂ came out
   6.94 ± 0.18 against the exact 6.21 ± 0.11 (full-batch MALA, 8000 burn-in); with the floor (1700 steps)
-  6.26 ± 0.15 (experiments/benchmarks/devinterp_ported.py).
+  6.26 ± 0.15 (experiments/benchmarks/devinterp_ported.py). The floor is necessary, not sufficient: on
+  the other RRR cases there the z against the exact target went +1.1 → +3.3 (5, 4, 5), +1.5 → +0.4
+  (4, 3, 8), +2.7 → +3.0 (8, 3, 4), +3.1 → +2.3 (3, 8, 4) — repeat runs differ by more than their standard errors, so slower
+  modes than 2/(εγ) remain (the loss in the factors is not convex).
 * **Draws** (``num_draws=None``): continue until the effective sample size of λ̂ reaches
   ``target_ess`` and its standard error reaches ``target_rel_std_err``·|λ̂| (or
   ``target_abs_std_err``), with split R̂ of λ̂ ≤ ``max_rhat`` and |z| ≤ ``max_abs_z`` for λ̂ and ‖w − w*‖²;
