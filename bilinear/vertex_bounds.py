@@ -584,6 +584,16 @@ def _vertex_bounds(expansion, readout: Tensor | None) -> Tensor:
             and inf Σ_p max_z / min_z.
 
             Args:
+                a: the score's query source.
+                b: the score's key source.
+                v: the value source.
+                A: the score's bilinear form.
+                W: the readout rows applied to the value.
+                S_hi: the score's sup table (t, x, s, y).
+                S_lo: the score's inf table (t, x, s, y).
+                vh: the value rows' sup table.
+                vl: the value rows' inf table.
+                cache: per-model memo of the score atoms and their separable sup / inf.
                 ts: the query positions to bound (the tables are built for all, the products for these only).
 
             Returns:
