@@ -29,7 +29,7 @@ coordinates, on those outside the LayerNorm gains, and against finite difference
 ``--threads``: one or more torch intra-op thread counts to run with in turn (0: torch's default, all
 cores); the results file gets one part per count.
 
-curvlinops is optional (``pip install --no-deps curvlinops-for-pytorch einconv linear_operator einops``;
+curvlinops is optional (``pip install --no-deps curvlinops-for-pytorch einconv linear_operator einops opt-einsum``;
 never with dependencies, which would replace torch); without it its rows are skipped.
 """
 from __future__ import annotations
