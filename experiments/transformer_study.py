@@ -540,7 +540,7 @@ def _cost_table(res: StudyResult) -> str:
             v = m.get(f"calibration/{kind}")
             if v:
                 lines.append(f"| {step} | step-size calibration ({kind}) | {v['seconds']:.1f} | {v['peak_memory_mb']:.0f} | "
-                             f"{v.get('num_candidates', 17)} pilot chains × {v['pilot_steps']} steps → ε = {v['step_size']:.2g} |")
+                             f"{v['num_candidates']} pilot chains × {v['pilot_steps']} steps → ε = {v['step_size']:.2g} |")
         for key in ["llc", "behavioral_llc"] + sorted(k for k in m if k.startswith("refined/")):
             v = m.get(key)
             if v:

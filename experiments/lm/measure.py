@@ -227,15 +227,15 @@ def calibrate(model: NextTokenLM, tokens: Tensor, *, kind: str = "training", bat
                                   batch_size=batch_size, seed=seed, pilot_steps=pilot_steps)
     return {"step_size": float(cal.step_size), "acceptance_step": float(cal.acceptance_step_size),
             "bias_step": float(cal.bias_bound_step_size), "max_curvature": float(cal.max_curvature),
-            "pilot_steps": int(cal.pilot_steps), "num_candidates": len(cal.candidates), "warnings": list(cal.warnings), "seconds": cost["seconds"],
-            "peak_memory_mb": cost["peak_memory_mb"]}
+            "pilot_steps": int(cal.pilot_steps), "num_candidates": len(cal.candidates), "warnings": list(cal.warnings),
+            "seconds": cost["seconds"], "peak_memory_mb": cost["peak_memory_mb"]}
 
 
 def llc(model: NextTokenLM, tokens: Tensor, *, kind: str = "training", selection: str = "all", batch_size: int = 64,
         localization: float = 1.0,
         num_chains: int = 4, max_seconds: float | None = None, max_steps: int | None = None, seed: int = 0,
         checkpoint_path=None, step_size: float | None = None) -> dict:
-    """One SGLD estimate with the package's adaptive defaults, nβ counted in tokens.
+    """One SGLD estimate with the package's adaptive run length, nβ counted in tokens.
 
     Args:
         model: the checkpoint, wrapped.
@@ -253,7 +253,8 @@ def llc(model: NextTokenLM, tokens: Tensor, *, kind: str = "training", selection
 
     Returns:
         A dict: ``mean``, ``std_err``, ``converged``, ``num_draws``, ``num_burnin``, ``step_size``,
-        ``rhat``, ``ess``, ``warnings``, ``seconds``, ``peak_memory_mb``, ``num_params`` (sampled).
+        ``rhat``, ``ess``, ``warnings``, ``seconds``, ``peak_memory_mb``, ``num_params`` (sampled),
+        ``recalibrated`` (the given ``step_size`` diverged and the estimator chose its own).
     """
     device = next(model.parameters()).device
     kw = dict(nbeta=token_nbeta(tokens), localization=localization, batch_size=batch_size, num_chains=num_chains, seed=seed,
