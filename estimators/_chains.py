@@ -266,6 +266,8 @@ class _ChainLoop:
         self._acc: list[Tensor] = []
         self._acc_steps: list[int] = []
         self.dead = torch.zeros(num_chains, dtype=torch.bool)
+        self._noise: Tensor | None = None  # per-step buffers (advance)
+        self._scratch: Tensor | None = None
 
     # ---- traces -----------------------------------------------------------------------------
     def _stack(self, rows: list[Tensor]) -> Tensor:
@@ -334,7 +336,14 @@ class _ChainLoop:
             if self.state is None:
                 self.state = self.kernel.init(self.w, batch)
             monitor = self.mala_every > 0 and t % self.mala_every == 0
-            noise = torch.stack([torch.randn(self.d, generator=gc, device=self.dev, dtype=self.dtype) for gc in self.gens])
+            # each chain's own generator, written into buffers kept across steps: a fresh (C, d) tensor per
+            # step costs page faults comparable to the update itself at d ~ 10⁵ (the kernel does not keep ξ)
+            if self._noise is None:
+                self._noise = torch.empty(len(self.gens), self.d, device=self.dev, dtype=self.dtype)
+                self._scratch = torch.empty_like(self._noise)
+            noise = self._noise
+            for row, gc in zip(noise, self.gens):
+                row.normal_(generator=gc)
             uniform = torch.stack([torch.rand((), generator=gc, device=self.dev, dtype=self.dtype)
                                    for gc in self.gens]) if self.mala else None
             new, info = self.kernel.step(self.state, batch, noise, uniform, monitor)
@@ -356,7 +365,7 @@ class _ChainLoop:
                     f"runaway loss nβ·(L − L*) = {float(excursion[c0]):.3g} > {self.divergence_threshold:.3g}")
                 return t, chains, reason
             self._losses.append(loss)
-            self._dist2.append(((self.w - w0) ** 2).sum(-1).double().cpu())
+            self._dist2.append(torch.sub(self.w, w0, out=self._scratch).square_().sum(-1).double().cpu())
             if monitor:
                 self._acc.append(info.acceptance.double().cpu())
                 self._acc_steps.append(t)

@@ -35,6 +35,12 @@ from torch import Tensor
 
 from .sgld import localized_potential, mala_acceptance, sgld_step
 
+
+def _finite(loss: Tensor, g: Tensor) -> Tensor:
+    """(C,) whether each chain's loss and gradient are finite: one reduction of g per chain (a NaN or inf
+    entry makes its row's sum non-finite), instead of a (C, d) boolean tensor."""
+    return torch.isfinite(loss) & torch.isfinite(g.sum(-1))
+
 __all__ = ["SamplerState", "StepInfo", "SGLDKernel", "MALAKernel", "RMSPropSGLDKernel"]
 
 ValueAndGrad = Callable[[Tensor, tuple], tuple[Tensor, Tensor]]  # (W (C, d), batch) -> (L (C,), ∇L (C, d))
@@ -134,7 +140,7 @@ class SGLDKernel:
         """
         w = state.w
         loss, g = self._grads(w, batch)
-        finite = torch.isfinite(loss) & torch.isfinite(g).all(-1)
+        finite = _finite(loss, g)
         xi = noise if self.noise_scale == 1.0 else noise * self.noise_scale
         w_new = sgld_step(w, g, w_star=self.w_star, step_size=self.step_size, nbeta=self.nbeta,
                           localization=self.localization, noise=xi, mask=self.mask)
@@ -194,7 +200,7 @@ class MALAKernel(SGLDKernel):
         w, loss, g = state.w, state.loss, state.grad
         if loss is None or g is None:
             loss, g = self._grads(w, batch)
-        finite = torch.isfinite(loss) & torch.isfinite(g).all(-1)
+        finite = _finite(loss, g)
         w_prop = sgld_step(w, g, w_star=self.w_star, step_size=self.step_size, nbeta=self.nbeta,
                            localization=self.localization, noise=noise, mask=self.mask)
         alpha, loss2, g2 = self._acceptance(w, loss, g, w_prop, batch)
@@ -260,7 +266,7 @@ class RMSPropSGLDKernel(SGLDKernel):
         """
         w, v = state.w, state.precond
         loss, g = self._grads(w, batch)
-        finite = torch.isfinite(loss) & torch.isfinite(g).all(-1)
+        finite = _finite(loss, g)
         v = g * g if v is None else self.decay * v + (1 - self.decay) * g * g
         G = self._precondition(v)
         eps = torch.as_tensor(self.step_size, dtype=w.dtype, device=w.device)

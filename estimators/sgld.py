@@ -79,10 +79,17 @@ def sgld_step(
         the new points w', shape (C, d).
     """
     eps = _per_chain(step_size, w)
-    delta = -0.5 * eps * (nbeta * grad_loss + localization * (w - w_star)) + eps.sqrt() * noise
+    # delta = −(ε/2)(nβ·g + γ·(w − w*)) + √ε·ξ, built in one buffer (in-place ops: this is the inner
+    # loop, and at d ~ 10⁵ the passes over (C, d) memory cost as much as the model's gradient)
+    delta = torch.sub(w, w_star)
+    if localization != 1.0:
+        delta.mul_(localization)
+    delta.add_(grad_loss, alpha=nbeta)
+    delta.mul_(-0.5 * eps)
+    delta.addcmul_(noise, eps.sqrt())
     if mask is not None:
-        delta = delta * mask
-    return w + delta
+        delta.mul_(mask)
+    return delta.add_(w)
 
 
 def _log_q(to: Tensor, frm: Tensor, grad_u_frm: Tensor, eps: Tensor, mask: Tensor | None) -> Tensor:
