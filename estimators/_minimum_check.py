@@ -41,6 +41,8 @@ class GradientAtCentre:
 
     @property
     def is_minimum(self) -> bool:
+        """False when the predicted shift exceeds the tolerance; True when it does not or cannot be
+        evaluated (``shift`` nan: a non-finite Hessian-vector product along the slope)."""
         return not self.shift > self.threshold
 
 
@@ -70,19 +72,35 @@ def gradient_at_centre(problem, nbeta: float, localization: float) -> GradientAt
         if mask is not None:
             g = g * mask
         gn = float(g.detach().double().norm())
-        if gn == 0.0 or not math.isfinite(gn):
-            return GradientAtCentre(gn, math.nan, 0.0 if gn == 0.0 else math.inf, _threshold(problem))
+        if not math.isfinite(gn):
+            raise ValueError(
+                f"the gradient of the loss at w* is not finite (‖∇L(w*)‖ = {gn}) although the loss there is: an "
+                "operation in the model or loss_fn has an infinite or undefined derivative at these parameters (e.g. "
+                "sqrt or a norm at 0, log at 0, abs/relu kinks are fine); make the loss differentiable at w* (add a "
+                "small epsilon inside sqrt/log) before sampling")
+        if gn == 0.0:
+            return GradientAtCentre(gn, math.nan, 0.0, _threshold(problem))
         u = (g / g.detach().norm()).detach()
-        try:
-            (hv,) = torch.autograd.grad((g * u).sum(), w)
-        except RuntimeError:  # no double backward for some op: a finite difference of gradients
+
+        def finite_difference() -> Tensor:  # no (finite) double backward: a difference of gradients
             delta = 1e-4 * max(1.0, float(problem.w0.detach().double().abs().max()))
             w2 = (problem.w0.detach() + delta * u).requires_grad_(True)
             (g2,) = torch.autograd.grad(_full_loss(problem, w2), w2)
-            hv = (g2 - g.detach()) / delta
+            return (g2 - g.detach()) / delta
+
+        try:
+            (hv,) = torch.autograd.grad((g * u).sum(), w)
+            if not bool(torch.isfinite(hv).all()):
+                hv = finite_difference()
+        except RuntimeError:
+            hv = finite_difference()
         if mask is not None:
             hv = hv * mask
     h = float((u.double() * hv.detach().double()).sum())
+    if not math.isfinite(h):
+        # the curvature along the slope cannot be evaluated: the test cannot tell (is_minimum stays True,
+        # shift nan), and the after-sampling check (λ̂ < 0) still applies; a NaN must not read as a saddle
+        return GradientAtCentre(gn, math.nan, math.nan, _threshold(problem))
     a = nbeta * h + localization
     shift = (nbeta * gn) ** 2 / a * (1 - nbeta * h / (2 * a)) if a > 0 else math.inf
     return GradientAtCentre(gn, h, shift, _threshold(problem))

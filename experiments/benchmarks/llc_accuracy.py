@@ -25,8 +25,8 @@ Methods, each on every network, in one run and on one machine:
 Reported: per method the median relative error, the fraction within 10% of λ (with its binomial
 standard error), the mean |error|, and the seconds per estimate (median); a figure of the relative
 error against the number of parameters. Each (network, method) result is appended to
-``results/llc_accuracy.jsonl`` as it finishes; methods run one after another over all networks
-(``--methods`` sets the order), so a run stopped by ``--max-hours`` or by hand keeps every finished
+``results/llc_accuracy.jsonl`` as it finishes; the first two of ``--methods`` alternate network by
+network (paired results), the others then run over all networks in turn, so a run stopped by ``--max-hours`` or by hand keeps every finished
 estimate and ``--resume`` goes on from there.
 
 Run: ``python -m experiments.benchmarks.llc_accuracy [--num-networks 30] [--max-params 100000]
@@ -269,8 +269,12 @@ def main(argv=None) -> str:
     note = load_note()
     t_start = time.perf_counter()
     stopped = ""
-    todo = [] if args.report_only else [(m, i) for m in args.methods for i in range(args.num_networks)
-                                         if (i, m) not in done]
+    # the first two methods (ours by default, devinterp on its grid) alternate network by network, so a
+    # stopped run holds paired results; the others then run over all networks in turn
+    first, rest = args.methods[:2], args.methods[2:]
+    order = [(m, i) for i in range(args.num_networks) for m in first] + [
+        (m, i) for m in rest for i in range(args.num_networks)]
+    todo = [] if args.report_only else [(m, i) for m, i in order if (i, m) not in done]
     for k, (m, i) in enumerate(todo):
         if args.max_hours is not None and time.perf_counter() - t_start > 3600 * args.max_hours:
             stopped = (f"The run stopped at its --max-hours {args.max_hours} budget with {len(todo) - k} "

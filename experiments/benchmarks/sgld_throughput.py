@@ -66,6 +66,32 @@ def step_size(width: int) -> float:
     return STEP_SIZE * min(1.0, 256 / width)
 
 
+def floor_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 20) -> float:
+    """Chain-steps per second if a step cost only its unavoidable work: one reverse pass of the loss on a
+    batch (plain ``loss.backward()``) and the step's d standard normals (``normal_``, torch's fastest CPU
+    generator: numpy's ziggurat was 2× slower here). Every SGLD implementation pays at least this; the
+    largest possible speed-up over devinterp at equal steps and batch is this rate ÷ devinterp's."""
+    d = sum(p.numel() for p in model.parameters())
+    noise = torch.empty(d)
+    g = torch.Generator().manual_seed(0)
+    xb, yb = x[:BATCH_SIZE], y[:BATCH_SIZE]
+
+    def work():
+        model.zero_grad(set_to_none=False)
+        _mse(model(xb), yb).backward()
+        noise.normal_(generator=g)
+
+    work()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            work()
+        best = min(best, (time.perf_counter() - t0) / repeats)
+    model.zero_grad(set_to_none=True)
+    return 1.0 / best
+
+
 def _part(threads: int, widths) -> list[str]:
     """One thread count: the table of 8-chain and one-chain throughputs."""
     torch.set_num_threads(threads)  # both sides alike; ours also gets num_threads=threads (no automatic choice)
@@ -90,19 +116,26 @@ def _part(threads: int, widths) -> list[str]:
         t_dev1, _ = _time(lambda: devinterp_llc(model, _mse, x, y, **one), repeats=2)
         t_ours1, _ = _time(lambda: estimate_llc(model, _mse, (x, y), mala_every=0, **one, **ours_kw))
         tp = lambda t, c=NUM_CHAINS: c * steps / t  # noqa: E731
+        floor = floor_rate(model, x, y)
         rows.append((width, d, tp(t_dev), tp(t_ours), tp(t_mala), t_dev / t_ours, t_dev / t_mala,
-                     tp(t_dev1, 1), tp(t_ours1, 1), t_dev1 / t_ours1, dev.mean, dev.std_err, ours.mean, ours.std_err))
+                     tp(t_dev1, 1), tp(t_ours1, 1), t_dev1 / t_ours1, dev.mean, dev.std_err, ours.mean, ours.std_err,
+                     floor, floor / tp(t_dev)))
         print(threads, rows[-1], flush=True)
     lines = [
         f"## {threads} intra-op thread(s)", "",
         f"At the start of this part: {note}", "",
         "| width w | params | devinterp (chain-steps/s) | ours (chain-steps/s) | ours + MALA every 5 | speed-up | "
-        "speed-up with MALA | 1 chain: devinterp (steps/s) | 1 chain: ours | 1 chain: speed-up | λ̂ devinterp | λ̂ ours |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "speed-up with MALA | 1 chain: devinterp (steps/s) | 1 chain: ours | 1 chain: speed-up | floor: gradient + "
+        "noise only (chain-steps/s) | largest possible speed-up (floor ÷ devinterp) | λ̂ devinterp | λ̂ ours |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for w, d, a, b, c, r1, r2, a1, b1, r3, m1, s1, m2, s2 in rows:
+    for w, d, a, b, c, r1, r2, a1, b1, r3, m1, s1, m2, s2, fl, fr in rows:
         lines.append(f"| {w} | {d} | {a:.0f} | {b:.0f} | {c:.0f} | **{r1:.1f}×** | {r2:.1f}× | {a1:.0f} | {b1:.0f} | "
-                     f"**{r3:.2f}×** | {m1:.2f} ± {s1:.2f} | {m2:.2f} ± {s2:.2f} |")
+                     f"**{r3:.2f}×** | {fl:.0f} | {fr:.1f}× | {m1:.2f} ± {s1:.2f} | {m2:.2f} ± {s2:.2f} |")
+    ceiling = [(w, fr) for w, d, *_, fr in rows]
+    lines += ["", "Floor column: one plain reverse pass on a batch plus d normals per chain-step (`floor_rate`), the "
+              "work any SGLD step does; a speed-up over devinterp above floor ÷ devinterp would need a step cheaper "
+              "than that work. In this part: " + ", ".join(f"w = {w}: at most {fr:.1f}×" for w, fr in ceiling) + "."]
     return lines + [""]
 
 
@@ -119,7 +152,8 @@ def main(out: Path | None = None, threads=(1, 2), widths=WIDTHS) -> str:
         f"Setting: MLP 8 → w → w → 2 (tanh), n = 2048 samples, {NUM_CHAINS} chains (and one chain), {NUM_BURNIN} "
         f"burn-in + {NUM_DRAWS} draws, batch size {BATCH_SIZE}, ε = {STEP_SIZE}·min(1, 256/w), γ = 1, nβ = n/log n. devinterp: "
         "`sample_single_chain` with `SGMCMC.sgld`, chains sequential (as in its `sample`). Ours: "
-        "`estimate_llc`, chains vectorised; both warmed up first; best of 2 runs for ours without MALA and for "
+        "`estimate_llc`, chains vectorised with vmap (looped reverse passes for one chain and from 500k parameters, "
+        "where they are faster); both warmed up first; best of 2 runs for ours without MALA and for "
         "both one-chain runs, 1 run otherwise. Speed-up = devinterp's time ÷ ours (> 1: ours faster).",
         "",
     ]

@@ -73,3 +73,45 @@ def test_slope_on_a_potential_is_flagged():
 
     with pytest.warns(NotAMinimumWarning, match="not a local minimum"):
         estimate_potential_llc(Tilted(), 100, num_chains=2, num_draws=40, step_size=1e-2)
+
+
+class _Kink(torch.nn.Module):
+    """L(w) = ½(w₀ − 0.9)² + |w₁|^1.5 at w = (1, 0): a finite gradient (0.1, 0) whose double backward is
+    0·∞ = NaN in the second coordinate (|w|^1.5 has an infinite second derivative at 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+    def forward(self, x):
+        return (0.5 * (self.w[0] - 0.9) ** 2 + self.w[1].abs() ** 1.5).expand(len(x))
+
+
+def _kink_loss(pred, _y):
+    return pred.mean()
+
+
+def test_nan_double_backward_is_not_read_as_a_saddle():
+    x = torch.zeros(100, 1, dtype=torch.float64)
+    problem = model_problem(_Kink(), _kink_loss, (x, x))
+    test = gradient_at_centre(problem, 10.0, 1.0)
+    assert test.grad_norm == pytest.approx(0.1, rel=1e-9)
+    # the NaN HVP is replaced by a finite difference of gradients: the curvature along e₀ is 1
+    assert test.curvature == pytest.approx(1.0, rel=1e-3)
+    assert math.isfinite(test.shift)
+
+
+class _NaNGrad(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([0.0, 1.0], dtype=torch.float64))
+
+    def forward(self, x):
+        return (self.w[0].sqrt() + (self.w[1] - 1) ** 2).expand(len(x))  # d√w/dw = ∞ at 0
+
+
+def test_non_finite_gradient_at_centre_names_the_cause():
+    x = torch.zeros(100, 1, dtype=torch.float64)
+    problem = model_problem(_NaNGrad(), _kink_loss, (x, x))
+    with pytest.raises(ValueError, match="gradient of the loss at w\\* is not finite"):
+        gradient_at_centre(problem, 10.0, 1.0)
