@@ -37,8 +37,14 @@ from .sgld import localized_potential, mala_acceptance, sgld_step
 
 
 def _finite(loss: Tensor, g: Tensor) -> Tensor:
-    """(C,) whether each chain's loss and gradient are finite: one reduction of g per chain (a NaN or inf
-    entry makes its row's sum non-finite), instead of a (C, d) boolean tensor."""
+    """Whether each chain's loss and gradient are finite.
+
+    One reduction of g per chain (a NaN or inf entry makes its row's sum non-finite), instead of a
+    (C, d) boolean tensor.
+
+    Returns:
+        (C,) boolean tensor.
+    """
     return torch.isfinite(loss) & torch.isfinite(g.sum(-1))
 
 __all__ = ["SamplerState", "StepInfo", "SGLDKernel", "MALAKernel", "RMSPropSGLDKernel"]

@@ -170,7 +170,7 @@ def _rel_error(r: dict) -> float:
 
 
 def summarise(rows: list[dict]) -> list[str]:
-    lines = ["| method | networks | median rel. error | within 10% of λ | mean |error| (finite) | diverged / failed "
+    lines = ["| method | networks | median rel. error | within 10% of λ | mean abs. error (finite) | diverged / failed "
              "| median s / estimate |", "|---|---|---|---|---|---|---|"]
     for m in [m for m in METHODS if any(r["method"] == m for r in rows)]:
         sel = [r for r in rows if r["method"] == m]
@@ -203,7 +203,9 @@ def figure(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    from matplotlib.ticker import NullFormatter, PercentFormatter
+
+    fig, ax = plt.subplots(figsize=(7, 5))
     for m, marker in zip(METHODS, "os^vD"):
         sel = [r for r in rows if r["method"] == m]
         if not sel:
@@ -212,12 +214,14 @@ def figure(rows: list[dict], path: Path) -> None:
                for r in sel]
         ax.scatter([r["params"] for r in sel], [100 * e for e in err], marker=marker, alpha=0.75, label=LABELS[m])
     ax.axhspan(-10, 10, color="0.9", zorder=0, label="±10% of λ")
+    ax.axhline(0, color="0.4", lw=0.8)
     ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=10)
-    ax.set_xlabel("parameters d")
-    ax.set_ylabel("(λ̂ − λ) / λ  (%)")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(PercentFormatter())
+    ax.set_xlabel("parameters d (count, log scale)")
+    ax.set_ylabel("relative error (λ̂ − λ) / λ")
     ax.set_title("LLC on random deep linear networks (λ: Aoyagi 2024)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
