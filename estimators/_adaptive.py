@@ -33,12 +33,15 @@ one sampler kernel):
   acceptance of the Langevin proposal at w* and nearby, but a degenerate model's curvature grows as the
   chains spread into the typical set. When the MALA acceptance monitored over the draws (or over the
   second half of a burn-in, ≥ 20 monitored steps either way) falls below 0.85, the step was too large for the equilibrated chains — its
-  discretisation bias inflates λ̂ (on deep linear networks by +30% at acceptance 0.54) — and the run
-  restarts from w* with fresh chains (burn-in again; where the coarse step spread the chains is not a
-  state of p) with ε·((1 − 0.92)/(1 − acc))^{2/3} (clamped to
-  [ε/10, 0.7·ε]; 1 − acc grows like ε^{3/2} for a Langevin proposal), recorded as a back-off. A cut
-  is made only while at least half of ``max_steps`` is left to re-equilibrate; later, the run goes on and
-  its result warns of the low acceptance.
+  discretisation bias inflates λ̂ (on deep linear networks by +30% at acceptance 0.54) — and the step
+  is cut to ε·((1 − 0.92)/(1 − acc))^{2/3} (clamped to [ε/10, 0.7·ε]; 1 − acc grows like ε^{3/2} for a
+  Langevin proposal), recorded as a back-off. The chains go on from where they are, and burn-in starts
+  again there: everything before the cut is burn-in. (An earlier rule restarted them from w*, so each
+  cut threw away the progress of the slow directions, and allowed one cut in the burn-in: on a
+  rank-0 deep linear network, d = 1635, the acceptance kept falling as the chains spread — 0.45 at
+  6.8e-5, then 0.55 at 1.9e-5 after the one cut — and λ̂ came out 42% above λ with the warning as the
+  only remedy.) Up to ``MAX_CUTS`` cuts are made while at least half of ``max_steps`` is left to
+  re-equilibrate; later, the run goes on and its result warns of the low acceptance.
 
 Targets, budget and every back-off are stated in the result (:class:`ConvergenceTargets`,
 ``LLCEstimate.step_size_backoffs``).
@@ -63,6 +66,7 @@ MAX_BACKOFFS = 4
 MIN_ACCEPTANCE = 0.85
 TARGET_ACCEPTANCE = 0.92
 MIN_MONITORED = 20
+MAX_CUTS = 4
 # adaptive burn-in floor RELAXATION/(ε·γ) steps, capped at max_steps·FLOOR_SHARE (module docstring)
 RELAXATION = 2.0
 FLOOR_SHARE = 0.25
@@ -104,6 +108,7 @@ class DriverRecord:
     converged: bool
     unmet: list
     steps_total: int
+    burnin_start: int = 0  # the burn-in (re)started here: the last step-size cut, or 0
 
 
 def _z_and_rhat(x: torch.Tensor) -> tuple[float, float]:
@@ -200,7 +205,7 @@ def drive(
         state = load_state() if load_state is not None else _checkpoint.load(ckpt, fingerprint, _STATE_KEYS + ("driver",))
         if state is not None:
             drv = state["driver"]
-            rec = DriverRecord(**{k: drv[k] for k in asdict(rec)})
+            rec = DriverRecord(**{k: drv[k] for k in asdict(rec) if k in drv})
             phase, chunk_end = drv["phase"], drv["chunk_end"]
             loop = make_loop(rec.step_size)
             loop.load_state_dict(state)
@@ -223,28 +228,37 @@ def drive(
     def llc_dist(start: int) -> tuple[torch.Tensor, torch.Tensor]:
         return nbeta * (loop.losses[:, start:] - loop.baseline), loop.dist2[:, start:]
 
-    def restart(new: float, at: int, reason: str, *, from_start: bool = False) -> None:
-        """Continue with step ``new`` from the last healthy state (or, ``from_start``, from w* with fresh
-        chains); the traces of the old step are dropped."""
+    def restart(new: float, at: int, reason: str) -> None:
+        """Continue with step ``new`` from the last healthy state (after a divergence); the traces of the
+        old step are dropped."""
         nonlocal loop, spent, phase, chunk_end, healthy
         rec.backoffs.append((spent + at, rec.step_size, new, reason))
         spent += loop.t
         rec.step_size = new
         loop = make_loop(new)
-        if not from_start:
-            fresh = dict(healthy, steps_done=0, losses=healthy["losses"][:, :0], dist2=healthy["dist2"][:, :0],
-                         acceptance=healthy["acceptance"][:, :0], acceptance_steps=healthy["acceptance_steps"][:0])
-            loop.load_state_dict(fresh)
-        rec.burnin_end, phase, chunk_end = -1, "burnin", None
+        fresh = dict(healthy, steps_done=0, losses=healthy["losses"][:, :0], dist2=healthy["dist2"][:, :0],
+                     acceptance=healthy["acceptance"][:, :0], acceptance_steps=healthy["acceptance_steps"][:0])
+        loop.load_state_dict(fresh)
+        rec.burnin_end, rec.burnin_start, phase, chunk_end = -1, 0, "burnin", None
+        healthy = loop.state_dict()
+        save()
+
+    def cut_here(new: float, reason: str) -> None:
+        """Continue with step ``new`` from the chains' current state (a chunk boundary); burn-in starts again."""
+        nonlocal loop, phase, chunk_end, healthy
+        rec.backoffs.append((spent + loop.t, rec.step_size, new, reason))
+        state = loop.state_dict()
+        rec.step_size = new
+        loop = make_loop(new)
+        loop.load_state_dict(state)
+        rec.burnin_start, rec.burnin_end, phase, chunk_end = loop.t, -1, "burnin", None
         healthy = loop.state_dict()
         save()
 
     def too_large(start: int) -> tuple[float, str] | None:
         """A smaller step when the MALA acceptance since ``start`` says the calibrated one is too large."""
         cuts = sum(1 for b in rec.backoffs if b[3].startswith("MALA acceptance"))
-        # at most two cuts, the second only on the draws; after a cut the chains restart from w*: where the
-        # coarse step spread them is not a state of p, and contracting from there at the finer step is slow
-        if not check_acceptance or len(rec.backoffs) >= MAX_BACKOFFS or cuts >= 2 or (cuts and phase != "draws"):
+        if not check_acceptance or cuts >= MAX_CUTS:
             return None
         if spent + loop.t > targets.max_steps / 2:  # too late to re-equilibrate: keep the run, the result warns
             return None
@@ -263,26 +277,28 @@ def drive(
     while True:
         if chunk_end is None:  # decide the next chunk from what has run
             if phase == "burnin":
-                cut = too_large(loop.t // 2) if loop.t >= targets.min_burnin else None
+                b0 = rec.burnin_start
+                tb = loop.t - b0  # burn-in steps at the current step size
+                cut = too_large(b0 + tb // 2) if tb >= targets.min_burnin else None
                 if cut is not None:
-                    restart(cut[0], loop.t, cut[1], from_start=True)
+                    cut_here(*cut)
                     continue
                 if num_burnin is not None:
-                    if loop.t >= num_burnin:
-                        rec.burnin_end, phase = num_burnin, "draws"
+                    if tb >= num_burnin:
+                        rec.burnin_end, phase = b0 + num_burnin, "draws"
                         continue
-                    chunk_end = num_burnin
+                    chunk_end = b0 + num_burnin
                 else:
                     floor = burnin_floor(rec.step_size, _localization(loop), targets.max_steps)
-                    if loop.t >= max(targets.min_burnin, floor) and not stationary(
-                            *llc_dist(loop.t // 2), targets.burnin_max_abs_z, targets.max_rhat):
-                        rec.burnin_end, phase = max(loop.t // 2, floor), "draws"
+                    if tb >= max(targets.min_burnin, floor) and not stationary(
+                            *llc_dist(b0 + tb // 2), targets.burnin_max_abs_z, targets.max_rhat):
+                        rec.burnin_end, phase = b0 + max(tb // 2, floor), "draws"
                         continue
-                    chunk_end = max(targets.min_burnin, 2 * loop.t, floor)
+                    chunk_end = b0 + max(targets.min_burnin, 2 * tb, floor)
             else:
                 cut = too_large(rec.burnin_end)
                 if cut is not None:
-                    restart(cut[0], loop.t, cut[1], from_start=True)
+                    cut_here(*cut)
                     continue
                 n = loop.t - rec.burnin_end
                 if num_draws is not None:
@@ -308,7 +324,7 @@ def drive(
         div = loop.advance(steps)
         if div is not None:
             t, chains, reason = div
-            if backoff and len(rec.backoffs) < MAX_BACKOFFS:
+            if backoff and sum(1 for b in rec.backoffs if not b[3].startswith("MALA acceptance")) < MAX_BACKOFFS:
                 restart(rec.step_size / BACKOFF, t, reason)
                 continue
             save()
@@ -324,8 +340,8 @@ def drive(
             if agree(due) if agree is not None else due:
                 save()
     ran_out = phase == "burnin"
-    if ran_out:  # the budget ran out during burn-in: keep the second half as draws
-        rec.burnin_end = loop.t // 2
+    if ran_out:  # the budget ran out during burn-in: keep the second half (at the current step) as draws
+        rec.burnin_end = rec.burnin_start + (loop.t - rec.burnin_start) // 2
     budget = (f"the budget (max_steps = {targets.max_steps}"
               + (f", max_seconds = {targets.max_seconds:g}" if targets.max_seconds is not None else "") + ") ran out")
     rec.unmet = ([budget + " during burn-in"] if ran_out else []) + unmet_targets(*llc_dist(rec.burnin_end), targets)

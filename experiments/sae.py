@@ -13,13 +13,14 @@ largest pre-activations.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
+
+from slt_interp.estimators.threads import intra_op_threads as _threads  # the caller's setting restored
 
 __all__ = ["SAEResult", "bisect_coeff", "train_sae", "tune_to_l0", "mean_max_cosine"]
 
@@ -99,17 +100,6 @@ def train_sae(
         raise ValueError(f"topk must be in [1, n_latents = {n_latents}], got {topk}")
     with _threads(threads):
         return _train(activations, n_latents, penalty, penalty_coeff, topk, steps, batch_size, lr, seed)
-
-
-@contextlib.contextmanager
-def _threads(n):
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train(activations, n_latents, penalty, penalty_coeff, topk, steps, batch_size, lr, seed) -> SAEResult:

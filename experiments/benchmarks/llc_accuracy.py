@@ -93,7 +93,8 @@ def _ours(model, loss_fn, x, y, seed, **kw):
     return {"mean": est.mean, "std_err": getattr(est, "std_err", float("nan")), "seconds": seconds,
             "warnings": len(caught),
             "step_size": est.settings.step_size, "steps": est.settings.steps_total,
-            "converged": est.converged}
+            "converged": est.converged, "mala_acceptance": est.diagnostics.mala_acceptance,
+            "backoffs": len(est.step_size_backoffs)}
 
 
 def _devinterp_run(model, loss_fn, x, y, seed, **kw) -> dict:

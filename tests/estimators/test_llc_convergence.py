@@ -118,8 +118,8 @@ def test_calibration_grid_follows_the_curvature_of_a_stiff_model():
 
 def test_calibrated_step_with_low_acceptance_in_the_run_is_cut(monkeypatch):
     """A calibrated step that is stable but resolves p poorly once the chains spread (MALA acceptance
-    ≈ 0.7 < 0.85 over the draws) is cut towards acceptance 0.92 and the run restarts; an explicit step is
-    left alone."""
+    ≈ 0.7 < 0.85 over the draws) is cut towards acceptance 0.92 and the burn-in starts again from the
+    chains' current state; an explicit step is left alone."""
     model, x, y = linear_problem("cpu")
     loose = StepSizeCalibration(0.0058, "test: stable but coarse", (0.0058,), (1.0,), (False,), 0.0, (), 8)
     monkeypatch.setattr(llc_estimate, "_calibrate", lambda *a, **k: loose)
@@ -128,6 +128,11 @@ def test_calibrated_step_with_low_acceptance_in_the_run_is_cut(monkeypatch):
     cuts = [b for b in est.step_size_backoffs if b[3].startswith("MALA acceptance")]
     assert len(cuts) == 1 and cuts[0][1] == 0.0058 and est.settings.initial_step_size == 0.0058
     assert 0.0058 / 10 <= est.settings.step_size <= 0.7 * 0.0058
+    # the chains go on from where the cut found them and burn-in starts again there: every step before the
+    # cut is burn-in, none is lost (a restart from w* would have dropped them)
+    at = cuts[0][0]
+    assert est.settings.num_burnin == at + 100 and est.burnin_traces.shape == (2, at + 100)
+    assert est.settings.steps_total == at + 100 + 400
     assert est.diagnostics.mala_acceptance >= 0.85 and est.loss_traces.shape == (2, 400)
     assert "step: ε 0.0058 →" in repr(est) and not any("MALA acceptance" in w for w in est.diagnostics.warnings)
     # past half of the step budget there is no time to re-equilibrate: no cut, and the result warns
