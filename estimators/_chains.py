@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
 from . import _checkpoint
-from .heap import RELEASE_FROM, release_freed_memory
+from . import heap
+from .heap import release_freed_memory
 from .input_checks import ParamSelection, check_data, eval_mode, flat_model, probe_loss
 from .samplers import MALAKernel, RMSPropSGLDKernel, SamplerState, SGLDKernel
 
@@ -286,6 +287,7 @@ class _ChainLoop:
         self.dead = torch.zeros(num_chains, dtype=torch.bool)
         self._noise: Tensor | None = None  # per-step buffers (advance)
         self._scratch: Tensor | None = None
+        self._released = time.monotonic()  # when freed heap memory was last returned (advance)
 
     # ---- traces -----------------------------------------------------------------------------
     def _stack(self, rows: list[Tensor]) -> Tensor:
@@ -390,8 +392,10 @@ class _ChainLoop:
             self.state = new
             self.w = new.w
             self.t = t + 1
-        if self.num_chains * self.d >= RELEASE_FROM:
-            release_freed_memory()  # else glibc's heaps grow by ~1 MB per step at d ~ 3·10⁴ (heap module)
+        now = time.monotonic()
+        if now - self._released >= heap.RELEASE_EVERY_S:  # else glibc's heaps grow by ~1 MB per step (heap module)
+            release_freed_memory()
+            self._released = now
         return None
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -50,6 +49,7 @@ import torch
 from slt_interp.estimators import estimate_llc
 from slt_interp.theory import zoo
 from experiments.benchmarks._machine import load_note
+from experiments.benchmarks._rows import append_row, stored_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("default", "devinterp-grid", "rmsprop", "devinterp-defaults", "mala")
@@ -265,11 +265,8 @@ def main(argv=None) -> str:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     jsonl = args.out / "llc_accuracy.jsonl"
-    keep = args.resume or args.report_only
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()] if keep and jsonl.exists() else []
+    rows = stored_rows(jsonl, args.resume or args.report_only)
     rows = [r for r in rows if "method" in r]  # rows of the older one-line-per-network format are not resumed
-    if not keep and jsonl.exists():
-        jsonl.unlink()
     done = {(r["index"], r["method"]) for r in rows}
     note = load_note()
     t_start = time.perf_counter()
@@ -287,8 +284,7 @@ def main(argv=None) -> str:
             break
         row = run_method(m, i, args)
         rows.append(row)
-        with jsonl.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(jsonl, row)
         print(f"[{k + 1}/{len(todo)}] {m} net {i} {row['widths']} r={row['rank']} d={row['params']} "
               f"λ={row['llc']:.4g}: {row['mean']:.4g} ({row['seconds']:.0f} s)", flush=True)
     text = write_report(rows, args, note, stopped)

@@ -8,7 +8,8 @@ from torch import nn
 
 import slt_interp.estimators._chains as chains
 from slt_interp.estimators import estimate_llc
-from slt_interp.estimators.heap import RELEASE_FROM, release_freed_memory
+from slt_interp.estimators import heap
+from slt_interp.estimators.heap import release_freed_memory
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 
@@ -48,19 +49,18 @@ def test_resident_memory_stays_flat_over_a_long_run():
         assert _rss_gb() - before < 0.1
 
 
-def test_large_runs_release_at_every_chunk_and_small_runs_never(monkeypatch):
+def test_release_is_made_at_chunk_boundaries_at_most_every_release_every_s(monkeypatch):
     calls = []
     monkeypatch.setattr(chains, "release_freed_memory", lambda: calls.append(1) or True)
-    model, x, y = _deep_linear()
+    model = nn.Linear(3, 1, bias=False).double()
+    x = torch.randn(100, 3, dtype=torch.float64)
+    kw = dict(step_size=1e-3, num_draws=200, num_burnin=0, seed=0, checkpoint_every=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        estimate_llc(model, _mse, (x, y), step_size=1e-7, num_draws=100, num_burnin=0, seed=0, num_chains=4,
-                     checkpoint_every=None)
-    assert 4 * 31_000 >= RELEASE_FROM and len(calls) >= 2  # chunks of ≤ 50 steps
-    calls.clear()
-    small = nn.Linear(3, 1, bias=False).double()
-    xs = torch.randn(100, 3, dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        estimate_llc(small, _mse, (xs, small(xs).detach()), step_size=1e-3, num_draws=100, num_burnin=0, seed=0)
+        monkeypatch.setattr(heap, "RELEASE_EVERY_S", 0.0)
+        estimate_llc(model, _mse, (x, model(x).detach()), **kw)
+        assert len(calls) >= 4  # every chunk of ≤ 50 steps
+        calls.clear()
+        monkeypatch.setattr(heap, "RELEASE_EVERY_S", 1e9)
+        estimate_llc(model, _mse, (x, model(x).detach()), **kw)
     assert calls == []
