@@ -22,6 +22,7 @@ import datetime
 import math
 import os
 import platform
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +35,16 @@ from experiments.benchmarks.llc_accuracy import network
 from slt_interp.estimators import estimate_llc
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _commit() -> str:
+    """The checked-out commit (what code produced a row), or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def run_one(index: int, localization: float, num_samples: int, args) -> dict:
@@ -52,7 +63,7 @@ def run_one(index: int, localization: float, num_samples: int, args) -> dict:
             "steps": est.settings.steps_total, "step_size": est.settings.step_size,
             "rhat": diag.rhat, "ess": diag.ess, "mala_acceptance": diag.mala_acceptance,
             "stationarity_z": diag.stationarity_z,
-            "seconds": seconds}
+            "seconds": seconds, "commit": _commit()}
 
 
 def _fmt_row(r: dict) -> str:
@@ -63,7 +74,8 @@ def _fmt_row(r: dict) -> str:
 
 
 def conclusions(rows: list[dict]) -> list[str]:
-    """Sentences computed from the rows: per network and n, the range of λ̂ over γ and where λ falls."""
+    """Sentences computed from the rows: per network and n, the range of λ̂ over γ and where λ falls; per
+    network and γ, how λ̂ moves with n."""
     out = []
     for i in sorted({r["index"] for r in rows}):
         for n in sorted({r["num_samples"] for r in rows if r["index"] == i}):
@@ -74,16 +86,29 @@ def conclusions(rows: list[dict]) -> list[str]:
             lo, hi = min(rs, key=lambda r: r["mean"]), max(rs, key=lambda r: r["mean"])
             spread = (hi["mean"] - lo["mean"]) / lam
             within = [r["localization"] for r in rs if abs(r["mean"] - lam) <= 0.1 * lam]
-            unconv = [r["localization"] for r in rs if not r["converged"]]
             z = (hi["mean"] - lo["mean"]) / math.hypot(hi["std_err"], lo["std_err"])
+            # the drift z is (first 10% − last 50%) of the draws: negative while the traces still rise
+            unconv = [f"{_g(r)} (λ̂ drift z {r['stationarity_z']:+.1f})" for r in rs if not r["converged"]]
+            coarse = [_g(r) for r in rs if r["mala_acceptance"] < 0.85]
+            notes = ([f"not converged within the budget at γ = {', '.join(unconv)}"] if unconv else []) + (
+                [f"MALA acceptance < 0.85 (SGLD's step bias inflates λ̂) at γ ∈ {{{', '.join(coarse)}}}"] if coarse else [])
             out.append(
                 f"- network {i}, n = {n}: λ̂ ranges from {lo['mean']:.1f} ± {lo['std_err']:.1f} (γ = {lo['localization']:g}) "
                 f"to {hi['mean']:.1f} ± {hi['std_err']:.1f} (γ = {hi['localization']:g}), a spread of {spread:.0%} of λ = "
-                f"{lam:.1f} ({z:.0f} SE); within 10% of λ at γ ∈ {{{', '.join(f'{g:g}' for g in within)}}}"
-                + (" (none)" if not within else "")
-                + (f"; not converged at γ ∈ {{{', '.join(f'{g:g}' for g in unconv)}}} (their λ̂ is a lower bound on "
-                   "the run's trend only if the traces still rose)" if unconv else "") + ".")
+                f"{lam:.1f} ({z:.0f} SE); within 10% of λ at γ ∈ {{{', '.join(_g(r) for r in rs if r['localization'] in within)}}}"
+                + (" (none)" if not within else "") + "".join(f"; {s}" for s in notes) + ".")
+        for g in sorted({r["localization"] for r in rows if r["index"] == i}):
+            rs = sorted((r for r in rows if r["index"] == i and r["localization"] == g), key=lambda r: r["num_samples"])
+            if len(rs) < 2:
+                continue
+            path = " → ".join(f"{r['mean']:.1f} ± {r['std_err']:.1f} (nβ = {r['nbeta']:.0f}"
+                              + ("" if r["converged"] else ", not converged") + ")" for r in rs)
+            out.append(f"- network {i}, γ = {g:g}: λ̂ {path}, against λ = {rs[0]['llc']:.1f}.")
     return out
+
+
+def _g(r: dict) -> str:
+    return f"{r['localization']:g}"
 
 
 def write_report(rows: list[dict], out: Path, note: str) -> str:
@@ -92,7 +117,8 @@ def write_report(rows: list[dict], out: Path, note: str) -> str:
         f"{datetime.date.today()}, {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}. {note}", "",
         "Our estimator with every setting default except the localization γ (and n, the number of noise-free "
         "samples); networks of `llc_accuracy` (same seeds). Protocol and reading: module docstring. "
-        "λ is Aoyagi's n → ∞ coefficient.", "",
+        "λ is Aoyagi's n → ∞ coefficient. Code of the rows: commit "
+        + ", ".join(sorted({r.get("commit", "unknown") for r in rows})) + ".", "",
         "| net | d | r | λ | n | nβ | γ | λ̂ ± SE | λ̂/λ − 1 | converged | drift z | MALA acc. | steps | ε | s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[_fmt_row(r) for r in sorted(rows, key=lambda r: (r["index"], r["num_samples"], r["localization"]))], "",
