@@ -164,15 +164,24 @@ def run_method(method: str, index: int, args) -> dict:
     return {**head, "method": method, **res}
 
 
+RUNAWAY = 10.0  # |λ̂ − λ| > 10·λ: the chains ran away (devinterp does not stop them); counted as diverged
+
+
 def _rel_error(r: dict) -> float:
+    """|λ̂ − λ|/λ; inf for a failed or runaway estimate (NaN, or off by more than ``RUNAWAY``·λ)."""
     if r["llc"] > 0 and math.isfinite(r.get("mean", float("nan"))):
-        return abs(r["mean"] - r["llc"]) / r["llc"]
+        err = abs(r["mean"] - r["llc"]) / r["llc"]
+        return err if err <= RUNAWAY else float("inf")
     return float("inf")
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}" if math.isfinite(x) else "∞ (most diverged)"
 
 
 def summarise(rows: list[dict]) -> list[str]:
     lines = ["| method | networks | median rel. error | within 10% of λ | mean abs. error (finite) | diverged / failed "
-             "| median s / estimate |", "|---|---|---|---|---|---|---|"]
+             f"(NaN or off by > {RUNAWAY:g}·λ) | median s / estimate |", "|---|---|---|---|---|---|---|"]
     for m in [m for m in METHODS if any(r["method"] == m for r in rows)]:
         sel = [r for r in rows if r["method"] == m]
         errs = [_rel_error(r) for r in sel]
@@ -180,8 +189,8 @@ def summarise(rows: list[dict]) -> list[str]:
         within = sum(e <= 0.10 for e in errs)
         p = within / len(errs)
         lines.append(
-            f"| {LABELS[m]} | {len(errs)} | {statistics.median(errs):.1%} | {within}/{len(errs)} = {p:.0%} "
-            f"(± {math.sqrt(p * (1 - p) / len(errs)):.0%}) | {statistics.mean(finite) if finite else float('nan'):.1%} "
+            f"| {LABELS[m]} | {len(errs)} | {_pct(statistics.median(errs))} | {within}/{len(errs)} = {p:.0%} "
+            f"(± {math.sqrt(p * (1 - p) / len(errs)):.0%}) | {_pct(statistics.mean(finite)) if finite else '—'} "
             f"| {len(errs) - len(finite)} | {statistics.median(r['seconds'] for r in sel):.1f} |")
     return lines
 
