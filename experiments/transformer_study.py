@@ -27,6 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from experiments.lm import (Language, LanguageConfig, LMConfig, TrainConfig, config_for_size, count_parameters,  # noqa: E402
-                            find_transition, list_checkpoints, load_checkpoint, train)
+                            find_transition, load_checkpoint, train)
 from experiments.lm import measure  # noqa: E402
 from experiments.lm.problem import NextTokenLM  # noqa: E402
 
@@ -66,6 +70,7 @@ class StudySettings:
         llc_batch: sequences per SGLD gradient.
         llc_chains: SGLD chains.
         llc_max_seconds: budget of each adaptive SGLD run (None: the package's step budget only).
+        refine_max_seconds: budget of each weight-refined run (None: ``llc_max_seconds``).
         pilot_steps: steps of the calibration pilots, run once per checkpoint and loss
             (:func:`experiments.lm.measure.calibrate`; the package's default is 200).
         refine: weight-refined LLCs: "layers", "heads" or both; ``refine_at`` "all" checkpoints or
@@ -93,6 +98,7 @@ class StudySettings:
     llc_batch: int = 64
     llc_chains: int = 4
     llc_max_seconds: float | None = None
+    refine_max_seconds: float | None = None
     refine: tuple[str, ...] = ("layers", "heads")
     refine_at: str = "all"
     pilot_steps: int = 200
@@ -129,9 +135,10 @@ def full_settings(size: str) -> StudySettings:
     The CPU sizes are set by what one or two CPU cores can do (measured on the 0.1M model, V = T = 64,
     float64, one thread: a Hessian-vector product over 128 sequences costs about 2 s of CPU time, over
     512 sequences about 8 s; a training step of 64 sequences about 0.3 s): L_n over 128 sequences
-    (n = 8,064 tokens), SLQ with 4 probes × 40 Lanczos steps per operator, three checkpoints, and SGLD
-    runs of at most 180 s each with the per-head refinement at the two checkpoints that bracket the
-    formation of the induction heads. The 1M and 10M sizes keep the larger settings for a GPU (the 1M
+    (n = 8,064 tokens), SLQ with 4 probes × 30 Lanczos steps per operator, three checkpoints (the two
+    that bracket the formation of the induction heads, and the last), SGLD runs of at most 420 s each and
+    weight-refined runs per layer and head of at most 90 s at the two bracketing checkpoints: about
+    3 h of CPU time after 20 min of training, 1.5 h with ``--workers 2``. The 1M and 10M sizes keep the larger settings for a GPU (the 1M
     model's training step took 3.5 s on the shared 2-core CPU).
     """
     from experiments.lm.model import SIZES
@@ -139,12 +146,13 @@ def full_settings(size: str) -> StudySettings:
     V, T = 64, 64
     model = config_for_size(SIZES[size], vocab_size=V, seq_len=T)
     if size == "0.1M":
+        # checkpoints every 50 steps: the in-context loss drops within the first few hundred steps
         return StudySettings(name=size, model=model, language=_language(V, T), num_train=65536, num_measure=128,
                              train=TrainConfig(num_steps=3000, batch_size=64, lr=1e-3, warmup_steps=200,
-                                               eval_every=250, num_probe_sequences=32),
-                             num_checkpoints=3, slq_probes=4, slq_steps=40, curvature_batch=128, llc_batch=16,
-                             llc_max_seconds=180.0, pilot_steps=100, refine=("layers", "heads"), refine_at="transition",
-                             dtype="float64")
+                                               eval_every=50, num_probe_sequences=32),
+                             num_checkpoints=3, slq_probes=4, slq_steps=30, curvature_batch=128, llc_batch=16,
+                             llc_max_seconds=420.0, refine_max_seconds=90.0, pilot_steps=100,
+                             refine=("layers", "heads"), refine_at="transition", dtype="float64")
     steps = {"1M": 12000, "10M": 20000}[size]
     return StudySettings(name=size, model=model, language=_language(V, T), num_train=65536, num_measure=512,
                          train=TrainConfig(num_steps=steps, batch_size=64, lr=1e-3, warmup_steps=200, eval_every=500,
@@ -184,20 +192,70 @@ def choose_steps(checkpoints, transition, num: int) -> list[int]:
 
 
 class _Store:
-    """measurements.json: ``{"<step>": {"<key>": value}}``, written after every measurement."""
+    """measurements.json: ``{"<step>": {"<key>": value}}``, written after every measurement.
+
+    Several worker processes may share one store (``--workers``): a write takes an exclusive lock,
+    merges what the others wrote since and replaces the file atomically.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {}
+        self.data = self._read()
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def refresh(self) -> None:
+        """Re-read what other workers stored."""
+        self.data = self._read()
 
     def get(self, step, key):
         return self.data.get(str(step), {}).get(key)
 
     def put(self, step, key, value):
-        self.data.setdefault(str(step), {})[key] = value
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        tmp.replace(self.path)
+        import fcntl
+
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.refresh()
+            self.data.setdefault(str(step), {})[key] = value
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.data, indent=1))
+            tmp.replace(self.path)
+
+
+#: relative cost of each task group, from the 0.1M CPU run (seconds): what ``--workers`` balances
+_COST = {"curvature": 1200.0, "calibration/training": 800.0, "calibration/behavioral": 420.0}
+
+
+def _group_cost(group, s: StudySettings) -> float:
+    key = group[0][1]
+    if key.startswith("refined/"):
+        return s.refine_max_seconds or s.llc_max_seconds or 600.0
+    return _COST[key] + (s.llc_max_seconds or 600.0) * (key != "curvature")
+
+
+def _partition(groups, s: StudySettings, count: int) -> list[list]:
+    """Task groups split over ``count`` workers, largest first onto the least loaded (deterministic)."""
+    parts, load = [[] for _ in range(count)], [0.0] * count
+    for g in sorted(groups, key=lambda g: -_group_cost(g, s)):
+        i = min(range(count), key=lambda j: (load[j], j))
+        parts[i].append(g)
+        load[i] += _group_cost(g, s)
+    order = {id(g): n for n, g in enumerate(groups)}
+    return [sorted(p, key=lambda g: (g[0][1].startswith("refined/"), order[id(g)])) for p in parts]
+
+
+def _next_ready(todo, store: _Store, poll_s: float = 15.0):
+    """The first task whose calibration is stored (a refined LLC needs its checkpoint's training step),
+    waiting for another worker to store it when none is ready."""
+    while True:
+        for step, key in todo:
+            if not key.startswith("refined/") or store.get(step, "calibration/training") is not None \
+                    or (step, "calibration/training") in todo:
+                return step, key
+        time.sleep(poll_s)
+        store.refresh()
 
 
 def _refined_keys(s: StudySettings) -> list[str]:
@@ -215,7 +273,8 @@ def _step(store: _Store, step: int, kind: str) -> float | None:
     return None if cal is None else cal["step_size"]
 
 
-def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=None, measure_more: bool = True) -> StudyResult:
+def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=None, measure_more: bool = True,
+              worker: tuple[int, int] = (0, 1)) -> StudyResult:
     """Train (or resume), choose the checkpoints and measure each one (module docstring).
 
     Args:
@@ -225,6 +284,8 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
         progress: ``progress(iterable, total=, desc=)`` wrapper (e.g. tqdm) for the measurement loop.
         device: where to train and measure (default: CUDA when available, else CPU).
         measure_more: False: only what is stored (a report of a study still running or cut short).
+        worker: ``(i, k)``: measure only the i-th of k balanced shares of the task groups (one process per
+            core; the processes share the store). The training must have finished, or run in one process first.
 
     Returns:
         :class:`StudyResult`.
@@ -247,16 +308,23 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
     tokens = train_data.tokens[: s.num_measure].to(device)
     # "transition": the checkpoints bracketing the drop (choose_steps always measures them), else first and last
     refine_steps = steps if s.refine_at == "all" else {transition.before_step or steps[0], transition.after_step or steps[-1]}
-    tasks = []
+    groups = []  # tasks in the order they must run; different groups may run in different workers
     for step in steps:
-        tasks += [(step, "curvature"), (step, "order4"), (step, "calibration/training"), (step, "llc"),
-                  (step, "calibration/behavioral"), (step, "behavioral_llc")]
+        groups += [[(step, "curvature"), (step, "order4")], [(step, "calibration/training"), (step, "llc")],
+                   [(step, "calibration/behavioral"), (step, "behavioral_llc")]]
         if step in refine_steps:
-            tasks += [(step, f"refined/{k}") for k in _refined_keys(s)]
-    todo = [t for t in tasks if store.get(*t) is None] if measure_more else []
-    iterator = progress(todo, total=len(todo), desc=f"transformer {s.name}") if progress else todo
+            groups += [[(step, f"refined/{k}")] for k in _refined_keys(s)]
+    index, count = worker
+    groups = [g for g in _partition(groups, s, count)[index]] if count > 1 else groups
+    todo = [t for g in groups for t in g if store.get(*t) is None] if measure_more else []
+    desc = f"transformer {s.name}" + (f" worker {index + 1}/{count}" if count > 1 else "")
+    ticks = iter(progress(range(len(todo)), total=len(todo), desc=desc)) if progress else None
+    if ticks is not None:
+        next(ticks, None)  # the bar ticks when the next item is asked for: once now, once per finished task
     models = {}
-    for step, key in iterator:
+    while todo:
+        step, key = _next_ready(todo, store)
+        todo.remove((step, key))
         if step not in models:
             models.clear()
             lm, _ = load_checkpoint(out / "checkpoints", step, device=device, dtype=dtype)
@@ -281,10 +349,14 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
             value = measure.llc(model, tokens, kind="behavioral", step_size=_step(store, step, "behavioral"), **llc_kw)
         else:
             value = measure.llc(model, tokens, kind="training", selection=key.split("/", 1)[1],
-                                step_size=_step(store, step, "training"), **llc_kw)
+                                step_size=_step(store, step, "training"),
+                                **{**llc_kw, "max_seconds": s.refine_max_seconds or s.llc_max_seconds})
         store.put(step, key, value)
+        if ticks is not None:
+            next(ticks, None)
         if log:
             log(f"[{s.name}] step {step} {key}: {_brief(key, value)}")
+    store.refresh()
     return StudyResult(settings=s, history=list(run.history), transition=transition, steps=steps,
                        measurements=store.data, num_params=count_parameters(s.model), out_dir=out,
                        train_seconds=run.history[-1].wall_time_s)
@@ -592,6 +664,17 @@ def markdown(res: StudyResult, savefig, *, heading_level: int = 3) -> str:
     return "\n\n".join(parts)
 
 
+def _run_workers(args, size: str) -> None:
+    """``args.workers`` processes of this module, one share of ``size``'s measurements each (one thread each)."""
+    which = ["--quick"] if size == "quick" else ["--sizes", size]
+    cmd = [sys.executable, "-m", "experiments.transformer_study", *which, "--out", str(args.out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd + ["--worker", f"{i}/{args.workers}"], env=env) for i in range(args.workers)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"a measurement worker failed (exit codes {codes}); rerun the same command to resume")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.transformer_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -601,16 +684,28 @@ def main(argv=None) -> int:
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from the stored numbers without measuring more (the training "
                              "must have finished)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="measure in this many processes (one per core), sharing the store; the training "
+                             "runs first in this one")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # "i/k": one share (set by --workers)
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be ≥ 1, got {args.workers}")
     from tqdm.auto import tqdm
 
     settings = [quick_settings()] if args.quick else [full_settings(s) for s in args.sizes]
     if any(s.name == "10M" for s in settings) and not torch.cuda.is_available():
         parser.error("the 10M model is for a GPU (no CUDA device here); the CPU study stops at 1M")
     texts = ["# How degenerate is a trained transformer LM? (issue 13)\n"]
+    worker = tuple(int(x) for x in args.worker.split("/")) if args.worker else (0, 1)
     for s in settings:
+        if args.workers > 1 and not args.report_only:
+            run_study(s, args.out / s.name, log=tqdm.write, measure_more=False)  # trains (or resumes)
+            _run_workers(args, s.name)
         res = run_study(s, args.out / s.name, progress=lambda it, **kw: tqdm(it, **kw), log=tqdm.write,
-                        measure_more=not args.report_only)
+                        measure_more=not args.report_only, worker=worker)
+        if args.worker:
+            continue
         fig_dir = args.out / "figures"
         fig_dir.mkdir(parents=True, exist_ok=True)
 
@@ -622,7 +717,8 @@ def main(argv=None) -> int:
 
         texts.append(f"## {s.name}\n\n" + markdown(res, savefig))
         (args.out / "report.md").write_text("\n\n".join(texts) + "\n")
-    print(f"written {args.out / 'report.md'}")
+    if not args.worker:
+        print(f"written {args.out / 'report.md'}")
     return 0
 
 
