@@ -47,6 +47,10 @@ class EigenvalueCount:
         steps_history: ((m, count on the first probe block), ...) while the steps were grown.
         quadrature: the :class:`SpectralQuadrature` behind the count; other thresholds and spectral sums
             can be read from it at no extra cost.
+        bracket: (low, high), the mean over probes of the Chebyshev–Markov–Stieltjes bounds
+            (:meth:`SpectralQuadrature.count_bracket`): where the count of these probes can lie given only m
+            Lanczos steps. Its width is the quadrature's resolution error at the threshold, which
+            ``std_err`` (the probe-to-probe spread) does not contain.
     """
 
     count: float
@@ -62,12 +66,14 @@ class EigenvalueCount:
     converged: bool = True
     steps_history: tuple[tuple[int, float], ...] = ()
     quadrature: "SpectralQuadrature | None" = field(default=None, repr=False, compare=False)
+    bracket: tuple[float, float] | None = None
 
     def __repr__(self) -> str:
         rel = ">" if self.above else "<"
+        br = "" if self.bracket is None else f", quadrature bracket [{self.bracket[0]:.1f}, {self.bracket[1]:.1f}]"
         return (
             f"EigenvalueCount(#{{λ {rel} {self.threshold:.3g}}} = {self.count:.1f} ± {self.std_err:.1f}, "
-            f"{100 * self.confidence:.0f}% CI [{self.ci[0]:.1f}, {self.ci[1]:.1f}], {self.num_probes} probes × "
+            f"{100 * self.confidence:.0f}% CI [{self.ci[0]:.1f}, {self.ci[1]:.1f}]{br}, {self.num_probes} probes × "
             f"{self.num_steps} steps)"
         )
 
@@ -125,6 +131,41 @@ class SpectralQuadrature:
         se = float(s.std(unbiased=True)) / math.sqrt(len(s)) if len(s) > 1 else float("inf")
         return float(s.mean()), se
 
+    def count_bracket(self, threshold: float, *, above: bool = True) -> tuple[float, float]:
+        """Bounds on the probes' count #{λ > τ} (or #{λ < τ}) that hold whatever the m Lanczos steps missed.
+
+        For one probe, let μ be its spectral measure (zᵀ1[A ≤ x]z / d = μ(−∞, x]) and x₁ < … < x_m the
+        Gauss nodes with weights w_j, S_k = Σ_{j≤k} w_j. The Chebyshev–Markov–Stieltjes inequalities
+        (Szegő 1975, *Orthogonal Polynomials*, Thm 3.41.1; Golub & Meurant 2010, §6.3) give
+        S_{k−1} ≤ μ(−∞, x_k) ≤ μ(−∞, x_k] ≤ S_k, so with x_j ≤ τ < x_{j+1}:
+        S_{j−1} ≤ μ(−∞, τ] ≤ S_{j+1}: the count is uncertain by the weights of the two nodes next to τ.
+        The bounds are exact-arithmetic statements (the Lanczos runs are fully reorthogonalised) and
+        conservative: a Ritz value that has converged to an eigenvalue next to τ still counts as uncertain
+        (at m = d the count is exact and returned as both bounds). The mean over probes of each bound is
+        returned; the probe variance (``std_err``) comes on top.
+
+        Args:
+            threshold: τ.
+            above: bracket #{λ > τ} (True) or #{λ < τ} (False).
+
+        Returns:
+            ``(low, high)`` with low ≤ the quadrature count ≤ high, in eigenvalues.
+        """
+        if self.num_steps >= self.dim:  # m = d: the quadrature is exact
+            value = float(self.samples(lambda x: (x > threshold if above else x < threshold).double()).mean())
+            return value, value
+        nodes, order = torch.sort(self.nodes, dim=-1)
+        w = torch.gather(self.weights, -1, order)
+        m = w.shape[-1]
+        partial = torch.cat([torch.zeros_like(w[:, :1]), torch.cumsum(w, -1)], -1)  # S_0 … S_m
+        partial[:, -1] = 1.0  # each probe's measure has mass 1 (the weights sum to 1 up to rounding)
+        j = (nodes <= threshold).sum(-1) if above else (nodes < threshold).sum(-1)
+        low_cdf = torch.gather(partial, -1, (j - 1).clamp(min=0)[:, None])[:, 0]
+        high_cdf = torch.gather(partial, -1, (j + 1).clamp(max=m)[:, None])[:, 0]
+        if above:
+            return float(self.dim * (1 - high_cdf).mean()), float(self.dim * (1 - low_cdf).mean())
+        return float(self.dim * low_cdf.mean()), float(self.dim * high_cdf.mean())
+
     def count(self, threshold: float, *, above: bool = True, confidence: float = 0.95) -> EigenvalueCount:
         """#{λ > threshold} (``above``) or #{λ < threshold}, with a Student-t confidence interval.
 
@@ -154,7 +195,7 @@ class SpectralQuadrature:
         ci = (max(0.0, value - half), min(float(self.dim), value + half))
         return EigenvalueCount(
             value, se, ci, float(threshold), above, confidence, self.dim, self.num_probes, self.num_steps,
-            self.num_matvecs, self.converged, self.steps_history, self,
+            self.num_matvecs, self.converged, self.steps_history, self, self.count_bracket(threshold, above=above),
         )
 
 

@@ -365,7 +365,9 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
 def _brief(key, v) -> str:
     if key == "curvature":
         h = v["hessian"]
-        return (f"rank(τ(n)) = {h['rank_at_tau_n']:.0f} ± {h['rank_se']:.0f} of d = {v['dim']} "
+        br = (f", quadrature bracket [{h['rank_bracket'][0]:.0f}, {h['rank_bracket'][1]:.0f}]"
+              if "rank_bracket" in h else "")
+        return (f"rank(τ(n)) = {h['rank_at_tau_n']:.0f} ± {h['rank_se']:.0f}{br} of d = {v['dim']} "
                 f"({h['seconds'] + v['gauss_newton']['seconds']:.1f} s)")
     if key == "order4":
         return "computed" if v["computed"] else "not computed: " + v["reason"]
@@ -404,6 +406,8 @@ def table_rows(res: StudyResult) -> list[dict]:
                        quadratic=c["hessian"]["quadratic_llc"], gn_quadratic=c["gauss_newton"]["quadratic_llc"],
                        negative=c["hessian"]["negative_below_tau_n"], negative_se=c["hessian"]["negative_se"],
                        grad_norm=c["grad_norm"])
+            lo, hi = c["hessian"].get("rank_bracket", (math.nan, math.nan))
+            row.update(rank_lo=lo, rank_hi=hi)
         if l:
             row.update(llc=l["mean"], llc_se=l["std_err"], llc_converged=l["converged"])
         if b:
@@ -423,23 +427,31 @@ def conclusions(res: StudyResult) -> list[str]:
     out = []
     d = last["dim"]
     frac, frac_se = last["rank"] / d, last["rank_se"] / d
+    lo, hi = last["rank_lo"], last["rank_hi"]
+    known = math.isfinite(lo)  # the bracket is missing from measurements made before it existed
+    lo, hi = (lo, hi) if known else (last["rank"], last["rank"])
+    se = last["rank_se"]
     out.append(
         f"(a) At the last checkpoint (step {last['step']}, d = {d:,}, n = {last['n']:,} tokens), the Hessian has "
-        f"rank {last['rank']:.0f} ± {last['rank_se']:.0f} at τ(n) = γ/(nβ), {100 * frac:.1f} ± {100 * frac_se:.1f}% of d: "
-        f"the rank lower bound r/2 = {last['lower']:.0f} ± {last['lower_se']:.0f} against the regular value d/2 = {d / 2:,.0f}. "
+        f"rank {last['rank']:.0f} ± {se:.0f} at τ(n) = γ/(nβ), {100 * frac:.1f} ± {100 * frac_se:.1f}% of d"
+        + (f"; with {res.measurements[str(last['step'])]['curvature']['hessian']['num_steps']} Lanczos steps the "
+           f"quadrature places it only within [{lo:,.0f}, {hi:,.0f}] (Chebyshev–Markov–Stieltjes bracket, which the "
+           "SE does not contain)" if known else " (quadrature resolution not measured)")
+        + f": the rank lower bound r/2 is {lo / 2:,.0f}–{hi / 2:,.0f} against the regular value d/2 = {d / 2:,.0f}. "
         + ("The trained network is highly degenerate at this n: most directions are flatter than γ/(nβ)."
-           if frac + 2 * frac_se < 0.5 else
+           if hi + 2 * se < d / 2 else
            "Most directions are curved at this n: by the rank bound the network is far from degenerate."
-           if frac - 2 * frac_se > 0.5 else
-           "Whether most directions are curved at this n cannot be told from the SLQ count (its 2-SE band contains d/2)."))
+           if lo - 2 * se > d / 2 else
+           "Whether most directions are curved at this n cannot be told from this SLQ count (its bracket ± 2 SE "
+           "contains d/2)."))
     if last.get("negative", 0) - 2 * last.get("negative_se", 0) > 0:
         out.append(f"The checkpoint is not a minimum of L_n: the Hessian has {last['negative']:.0f} ± "
                    f"{last['negative_se']:.0f} eigenvalues below −τ(n) (‖∇L_n‖ = {last['grad_norm']:.2e}); the rank "
                    "bounds describe the positive part only and hold for the LLC only at a minimum.")
     l, se = last["llc"], last["llc_se"]
-    rel = "above" if l - 2 * se > last["lower"] + 2 * last["lower_se"] else (
-        "below" if l + 2 * se < last["lower"] - 2 * last["lower_se"] else "within 2 SE of")
-    out.append(f"The SGLD LLC there is {l:.1f} ± {se:.1f}, {rel} the rank lower bound {last['lower']:.0f} and "
+    b_lo, b_hi = lo / 2 - 2 * last["lower_se"], hi / 2 + 2 * last["lower_se"]
+    rel = "above" if l - 2 * se > b_hi else ("below" if l + 2 * se < b_lo else "within the 2-SE bracket of")
+    out.append(f"The SGLD LLC there is {l:.1f} ± {se:.1f}, {rel} the rank lower bound {lo / 2:,.0f}–{hi / 2:,.0f} and "
                f"{'below' if l < last['quadratic'] else 'above'} the quadratic prediction ½·Σh/(h+τ(n)) = "
                f"{last['quadratic']:.1f}" + ("" if last["llc_converged"] else " (the SGLD run did not converge)") + ".")
     o4 = [res.measurements[str(r["step"])].get("order4") for r in rows]
@@ -479,7 +491,8 @@ def conclusions(res: StudyResult) -> list[str]:
             pm = {r.step: r for r in res.history}[t.after_step].prefix_matching
             best = max(((l_, h_) for l_ in range(len(pm)) for h_ in range(len(pm[l_]))), key=lambda lh: pm[lh[0]][lh[1]])
             dl, dse, z = changes[top]
-            out.append(f"The head whose refined LLC rises most across the transition is L{layer}H{head} "
+            out.append(f"The head whose refined LLC {'rises most' if dl > 0 else 'falls least (none rises)'} "
+                       f"across the transition is L{layer}H{head} "
                        f"({dl:+.1f} ± {dse:.1f}, z = {z:.1f}); the head with the highest prefix-matching score after it is "
                        f"L{best[0]}H{best[1]} ({pm[best[0]][best[1]]:.2f})" +
                        (": the same head." if (layer, head) == best else ": a different head.") +
@@ -522,7 +535,6 @@ def figures(res: StudyResult, savefig) -> dict[str, str]:
     ax0.set_ylabel("loss (nats / token)")
     fig.suptitle(f"Transformer LM, {res.num_params:,} parameters: loss and LLC along training")
     ax0.set_title("losses")
-    ax0.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     for r_key, se_key, label in (("llc", "llc_se", "LLC (SGLD)"), ("bllc", "bllc_se", "behavioral LLC, KL (SGLD)"),
                                  ("lower", "lower_se", "rank lower bound r(τ(n))/2"),
                                  ("quadratic", None, "quadratic prediction ½Σh/(h+τ(n))")):
@@ -536,8 +548,10 @@ def figures(res: StudyResult, savefig) -> dict[str, str]:
     ax1.set_title("LLC, behavioral LLC and the Hessian-rank bound at τ(n)")
     ax1.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     for ax in (ax0, ax1):
-        if getattr(t, "found", False):
-            ax.axvspan(t.drop_start_step, t.drop_end_step, color="0.85", zorder=0)
+        if getattr(t, "found", False) and t.before_step is not None and t.after_step is not None:
+            ax.axvspan(t.before_step, t.after_step, color="0.85", zorder=0,
+                       label="induction heads form" if ax is ax0 else None)
+    ax0.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     paths["along_training"] = savefig(fig, "along_training")
     # 2. rank curves vs τ
@@ -551,11 +565,14 @@ def figures(res: StudyResult, savefig) -> dict[str, str]:
             h = c[key]
             ax.plot(h["taus"], np.array(h["ranks"]) / c["dim"], style, color=color,
                     label=f"step {step}, {'Hessian' if key == 'hessian' else 'Gauss–Newton'}")
+            if key == "hessian" and "rank_bracket_curve" in h:
+                br = np.array(h["rank_bracket_curve"]) / c["dim"]
+                ax.fill_between(h["taus"], br[:, 0], br[:, 1], color=color, alpha=0.15, lw=0)
         ax.axvline(c["tau_n"], color="0.4", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_xlabel("threshold τ (eigenvalue units of L_n, nats/token)")
     ax.set_ylabel("numerical rank / d")
-    ax.set_title("Numerical rank vs threshold (SLQ); dotted: τ(n) = γ/(nβ)")
+    ax.set_title("Numerical rank vs threshold (SLQ; shaded: quadrature bracket); dotted: τ(n) = γ/(nβ)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     paths["rank_curve"] = savefig(fig, "rank_curve")
     # 3. SLQ density at the last checkpoint
@@ -640,9 +657,9 @@ def markdown(res: StudyResult, savefig, *, heading_level: int = 3) -> str:
         f"Induction heads: {res.transition}.",
         f"{h} Conclusions (computed from this run)", "\n".join(f"- {c}" for c in conclusions(res)),
         f"{h} Checkpoints",
-        "| step | held-out loss | in-context loss | max prefix-matching | rank(τ(n)) (SE) | GN rank (SE) | r/2 | "
-        "½Σh/(h+τ) | LLC (SE) | behavioral LLC (SE) | ratio (SE) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| step | held-out loss | in-context loss | max prefix-matching | rank(τ(n)) (SE) | quadrature bracket | "
+        "GN rank (SE) | r/2 | ½Σh/(h+τ) | LLC (SE) | behavioral LLC (SE) | ratio (SE) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         def f(key, se=None, fmt=".1f"):
@@ -650,7 +667,9 @@ def markdown(res: StudyResult, savefig, *, heading_level: int = 3) -> str:
                 return "—"
             return f"{r[key]:{fmt}}" + (f" ({r[se]:{fmt}})" if se else "")
         parts[-1] += "\n" + (f"| {r['step']} | {r['heldout_loss']:.3f} | {r['in_context_loss']:.3f} | {r['prefix_matching']:.2f} | "
-                             f"{f('rank', 'rank_se', '.0f')} | {f('gn_rank', 'gn_rank_se', '.0f')} | {f('lower', None, '.0f')} | "
+                             f"{f('rank', 'rank_se', '.0f')} | "
+                             + (f"[{r['rank_lo']:,.0f}, {r['rank_hi']:,.0f}]" if math.isfinite(r.get("rank_lo", math.nan)) else "—")
+                             + f" | {f('gn_rank', 'gn_rank_se', '.0f')} | {f('lower', None, '.0f')} | "
                              f"{f('quadratic')} | {f('llc', 'llc_se')}{'' if r.get('llc_converged', True) else '*'} | "
                              f"{f('bllc', 'bllc_se')}{'' if r.get('bllc_converged', True) else '*'} | {f('ratio', 'ratio_se', '.2f')} |")
     parts.append("`*`: the adaptive SGLD run stopped on its budget before its convergence targets (its warning is in "

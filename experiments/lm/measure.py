@@ -128,7 +128,10 @@ def curvature(model: NextTokenLM, tokens: Tensor, *, num_probes: int, num_steps:
         A dict: ``dim``, ``n``, ``nbeta``, ``tau_n``, ``grad_norm``, and for ``"hessian"`` and
         ``"gauss_newton"``: ``rank_at_tau_n`` (mean, SE over probes), ``lower`` = rank/2 (SE),
         ``quadratic_llc`` = ½·soft-rank at τ(n), ``negative_below_tau_n`` (count, SE), ``max_eig``, the rank
-        curve (``taus``, ``ranks``, ``rank_se``), the density, ``matvecs``, ``seconds``, ``peak_memory_mb``.
+        curve (``taus``, ``ranks``, ``rank_se``), the density, ``matvecs``, ``seconds``, ``peak_memory_mb``;
+        ``rank_bracket`` / ``negative_bracket`` / ``rank_bracket_curve``: where the probes' counts can lie
+        given only ``num_steps`` Lanczos steps (:meth:`SpectralQuadrature.count_bracket`; the SE is the probe
+        spread only), and ``quadrature``: the per-probe nodes and weights, for other thresholds later.
     """
     device = next(model.parameters()).device
     work = batch_size * tokens.shape[1] * sum(p.numel() for p in model.parameters())
@@ -157,6 +160,9 @@ def _curvature(model, tokens, device, num_probes, num_steps, batch_size, seed, l
         neg = sq.count(-tau_n, above=False)
         out[key] = {
             "rank_at_tau_n": float(at_n.ranks[0]), "rank_se": float(at_n.std_err[0]),
+            "rank_bracket": list(sq.count_bracket(tau_n)), "negative_bracket": list(neg.bracket),
+            "rank_bracket_curve": [list(sq.count_bracket(float(t))) for t in taus],
+            "quadrature": {"nodes": sq.nodes.tolist(), "weights": sq.weights.tolist()},
             "lower": float(at_n.ranks[0]) / 2, "lower_se": float(at_n.std_err[0]) / 2,
             "quadratic_llc": float(at_n.quadratic_llc[0]),
             "negative_below_tau_n": neg.count, "negative_se": neg.std_err, "max_eig": max_eig,
@@ -178,8 +184,9 @@ def order4(model: NextTokenLM, tokens: Tensor, curv: dict, *, batch_size: int,
     """
     d, h = curv["dim"], curv["hessian"]
     k, k_se = d - h["rank_at_tau_n"], h["rank_se"]
+    k_high = d - h.get("rank_bracket", (h["rank_at_tau_n"], 0.0))[0]  # the quadrature bracket's largest null space
     out = {"nullity": k, "nullity_se": k_se, "max_nullity": max_nullity, "computed": False}
-    if k + 2 * k_se > max_nullity:
+    if max(k, k_high) + 2 * k_se > max_nullity:
         out["reason"] = (f"the numerical null space at τ(n) has dimension {k:.0f} ± {k_se:.0f} (SLQ), far above the "
                          f"{max_nullity} variables a quartic form of ≤ 500 monomials allows")
         return out

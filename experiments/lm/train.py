@@ -529,16 +529,20 @@ class InductionTransition:
     at or below ``g_min + low·rise`` before g first crosses ``g_min + rise/2`` and the first evaluation
     at or above ``g_min + high·rise`` after it. A model can lower the copy-position loss without an
     induction head (tokens seen in the context are likelier), so the drop counts as induction heads
-    forming only if some head's prefix-matching score at its end reaches ``min_prefix_matching``.
+    forming only if some head's prefix-matching score reaches ``min_prefix_matching`` at its end or later
+    (before the gap's maximum). The "after" point is the first evaluation where both hold; the "before"
+    point is the later of the drop's start and the last evaluation whose score is within ``low`` of its
+    rise to the "after" value (measured on the 0.1M study LM: the gap rises from step 0 while the best
+    score stays ≈ 0.05 until step 400, then jumps to 0.39 by step 600, just after the drop's end at 550).
 
     Attributes:
         found: a rise of at least ``min_rise`` nats was seen and, at its end, a head prefix-matches.
         drop_start_step, drop_end_step: evaluation steps bracketing the largest rise of the gap (None if
             it is below ``min_rise``); filled also when no head prefix-matches.
-        before_step, after_step: the latest checkpoint at or before ``drop_start_step`` and the earliest
-            at or after ``drop_end_step`` (None if not found or no such checkpoint).
+        before_step, after_step: the latest checkpoint at or before the "before" point and the earliest
+            at or after the "after" point (None if not found or no such checkpoint).
         gap_min, gap_max: the gap at its minimum and at its later maximum (nats).
-        copy_loss_before, copy_loss_after: in-context loss at ``drop_start_step`` / ``drop_end_step``.
+        copy_loss_before, copy_loss_after: in-context loss at the "before" / "after" points.
         prefix_matching_before, prefix_matching_after: the largest head's prefix-matching score there.
         warnings: what limited the answer.
     """
@@ -561,10 +565,11 @@ class InductionTransition:
             return "no induction-head transition: " + "; ".join(self.warnings)
         if not self.found:
             return f"no in-context loss drop (gap {self.gap_min:.3f} → {self.gap_max:.3f} nats); " + "; ".join(self.warnings)
-        return (f"in-context loss drop between steps {self.drop_start_step} and {self.drop_end_step} "
-                f"(in-context loss {self.copy_loss_before:.3f} → {self.copy_loss_after:.3f} nats, max prefix-matching "
-                f"{self.prefix_matching_before:.2f} → {self.prefix_matching_after:.2f}); checkpoints before/after: "
-                f"{self.before_step} / {self.after_step}" + ("; " + "; ".join(self.warnings) if self.warnings else ""))
+        return (f"in-context loss drop between steps {self.drop_start_step} and {self.drop_end_step}; checkpoints "
+                f"before/after the induction heads form: {self.before_step} / {self.after_step} (in-context loss "
+                f"{self.copy_loss_before:.3f} → {self.copy_loss_after:.3f} nats, max prefix-matching "
+                f"{self.prefix_matching_before:.2f} → {self.prefix_matching_after:.2f})"
+                + ("; " + "; ".join(self.warnings) if self.warnings else ""))
 
 
 def find_transition(history, checkpoint_steps=None, *, low: float = 0.2, high: float = 0.8,
@@ -606,23 +611,36 @@ def find_transition(history, checkpoint_steps=None, *, low: float = 0.2, high: f
     i_start = max(i for i in range(i_min, i_cross) if gap[i] <= gap[i_min] + low * rise)
     i_end = next(i for i in range(i_cross, i_max + 1) if gap[i] >= gap[i_min] + high * rise)
     s, e = history[i_start], history[i_end]
-    if min_prefix_matching is not None and e.max_prefix_matching < min_prefix_matching:
-        msg = (f"the in-context gap rises by {rise:.3f} nats between steps {s.step} and {e.step}, but no head "
-               f"prefix-matches there (max score {e.max_prefix_matching:.3f} < min_prefix_matching="
-               f"{min_prefix_matching}): in-context learning without induction heads; train longer")
-        warnings.warn(msg, stacklevel=2)
-        return InductionTransition(False, s.step, e.step, None, None, gap[i_min], gap[i_max], s.heldout_copy_loss,
-                                   e.heldout_copy_loss, s.max_prefix_matching, e.max_prefix_matching, (msg,))
+    i_before, i_after = i_start, i_end
+    if min_prefix_matching is not None:
+        pm = [r.max_prefix_matching for r in history]
+        formed = [i for i in range(i_end, i_max + 1) if pm[i] >= min_prefix_matching]
+        if not formed:
+            msg = (f"the in-context gap rises by {rise:.3f} nats between steps {s.step} and {e.step}, but no head "
+                   f"prefix-matches there (max score {max(pm[i_end:i_max + 1]):.3f} < min_prefix_matching="
+                   f"{min_prefix_matching} up to the gap's maximum at step {steps[i_max]}): in-context learning "
+                   "without induction heads; train longer")
+            warnings.warn(msg, stacklevel=2)
+            return InductionTransition(False, s.step, e.step, None, None, gap[i_min], gap[i_max], s.heldout_copy_loss,
+                                       e.heldout_copy_loss, s.max_prefix_matching, e.max_prefix_matching, (msg,))
+        # the heads may form after the loss drop is over: "after" waits for them; "before" is the latest
+        # evaluation whose score is still within `low` of its rise to the "after" value (if later than the
+        # drop's start: part of the drop is in-context learning without induction heads)
+        i_after = formed[0]
+        floor = min(pm[: i_after + 1])
+        level = floor + low * (pm[i_after] - floor)
+        i_before = max([i_start] + [i for i in range(i_after) if pm[i] <= level])
+    s, e = history[i_before], history[i_after]
     ckpts = sorted(steps if checkpoint_steps is None else checkpoint_steps)
-    before = [s for s in ckpts if s <= steps[i_start]]
-    after = [s for s in ckpts if s >= steps[i_end]]
+    before = [c for c in ckpts if c <= steps[i_before]]
+    after = [c for c in ckpts if c >= steps[i_after]]
     notes = []
     if not before:
-        notes.append(f"no checkpoint at or before step {steps[i_start]}; add one to checkpoint_steps")
+        notes.append(f"no checkpoint at or before step {steps[i_before]}; add one to checkpoint_steps")
     if not after:
-        notes.append(f"no checkpoint at or after step {steps[i_end]}; add one to checkpoint_steps")
+        notes.append(f"no checkpoint at or after step {steps[i_after]}; add one to checkpoint_steps")
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    return InductionTransition(True, s.step, e.step, before[-1] if before else None, after[0] if after else None,
+    return InductionTransition(True, steps[i_start], steps[i_end], before[-1] if before else None, after[0] if after else None,
                                gap[i_min], gap[i_max], s.heldout_copy_loss, e.heldout_copy_loss,
                                s.max_prefix_matching, e.max_prefix_matching, tuple(notes))

@@ -120,3 +120,51 @@ def test_slq_does_not_stop_while_a_ritz_value_straddles_the_threshold():
     op, _ = _quadratic(h, "cpu", seed=7)
     count = count_eigenvalues(op, 3.34e-6, num_probes=8, generator=torch.Generator().manual_seed(0))
     assert abs(count.count - 57) <= 4 * count.std_err + 0.5, (count, count.steps_history)
+
+
+@pytest.mark.parametrize("num_steps", [4, 12, 30])
+def test_slq_count_bracket_contains_each_probes_exact_count(num_steps):
+    # the Chebyshev–Markov–Stieltjes bracket holds for every probe and threshold, at any number of steps
+    from slt_interp.estimators.slq import _rademacher
+
+    g = torch.Generator().manual_seed(7)
+    h = torch.cat([10 ** (-8 + 4 * torch.rand(120, generator=g, dtype=torch.float64)),
+                   10 ** (-2 + 2 * torch.rand(80, generator=g, dtype=torch.float64)),
+                   -10 ** (-3 + 2 * torch.rand(20, generator=g, dtype=torch.float64))])
+    op, A = _quadratic(h, "cpu", seed=8)
+    P = 6
+    sq = stochastic_lanczos_quadrature(op, num_probes=P, num_steps=num_steps, block_size=P,
+                                       generator=torch.Generator().manual_seed(9))
+    z = _rademacher(len(h), P, torch.Generator().manual_seed(9))  # the probes the quadrature used
+    evals, U = torch.linalg.eigh(A)
+    proj = (U.T @ z) ** 2  # (d, P): each probe's spectral weights, summing to d
+    widths = []
+    for tau in [-1e-2, -1e-4, 1e-7, 1e-5, 1e-3, 3e-2, 0.2, 0.9]:
+        for above in (True, False):
+            exact = (proj * ((evals > tau) if above else (evals < tau)).double()[:, None]).sum(0)  # per probe
+            # the bracket per probe: evaluate it on one-probe quadratures
+            for p in range(P):
+                one = type(sq)(sq.nodes[p:p + 1], sq.weights[p:p + 1], sq.dim, sq.num_steps, 0)
+                lo, hi = one.count_bracket(tau, above=above)
+                point = float(one.samples(lambda x: ((x > tau) if above else (x < tau)).double())[0])
+                assert lo - 1e-6 <= float(exact[p]) <= hi + 1e-6, (tau, above, p, lo, float(exact[p]), hi)
+                assert lo - 1e-9 <= point <= hi + 1e-9
+                widths.append(hi - lo)
+            lo, hi = sq.count_bracket(tau, above=above)
+            assert lo - 1e-6 <= float(exact.mean()) <= hi + 1e-6
+    assert max(widths) > 1.0  # the bracket is not trivially tight at these step counts
+    c = sq.count(1e-3)
+    assert c.bracket == sq.count_bracket(1e-3) and "quadrature bracket" in repr(c)
+
+
+def test_slq_count_bracket_is_the_exact_count_at_full_steps():
+    from slt_interp.estimators.slq import _rademacher
+
+    h = torch.linspace(-0.5, 1.0, 30, dtype=torch.float64)
+    op, A = _quadratic(h, "cpu", seed=2)
+    sq = stochastic_lanczos_quadrature(op, num_probes=4, num_steps=30, generator=torch.Generator().manual_seed(0))
+    z = _rademacher(30, 4, torch.Generator().manual_seed(0))
+    evals, U = torch.linalg.eigh(A)
+    exact = float((((U.T @ z) ** 2) * (evals > 0.25).double()[:, None]).sum(0).mean())
+    lo, hi = sq.count_bracket(0.25)
+    assert lo == hi and abs(lo - exact) < 1e-8

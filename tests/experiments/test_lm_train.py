@@ -1,6 +1,7 @@
 """Training the issue-13 LM: the loss falls, checkpoints resume exactly, prefix matching and the
 induction-transition finder."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -137,6 +138,19 @@ def test_find_transition_brackets_the_rise_of_the_in_context_gap():
     assert find_transition(history).before_step == 300  # every evaluation counts as a checkpoint
     with pytest.warns(UserWarning, match="no checkpoint at or after step 500"):
         assert find_transition(history, checkpoint_steps=(0,)).after_step is None
+
+
+def test_find_transition_waits_for_the_heads_and_brackets_their_formation():
+    # the gap's drop ends at step 500 but the best head prefix-matches (≥ 0.3) only from step 600
+    history = _history([0.0, -0.5, -0.48, -0.4, 0.3, 1.2, 1.45, 1.5, 1.55])
+    pm = [0.05, 0.05, 0.06, 0.06, 0.07, 0.1, 0.4, 0.5, 0.6]
+    history = [replace(r, prefix_matching=((0.0, p),)) for r, p in zip(history, pm)]
+    t = find_transition(history)
+    assert t.found and (t.drop_start_step, t.drop_end_step) == (300, 500)
+    # after: first score ≥ 0.3 (step 600); before: last score ≤ 0.05 + 0.2·(0.4 − 0.05) = 0.12 (step 500)
+    assert (t.before_step, t.after_step) == (500, 600)
+    assert t.prefix_matching_before == pytest.approx(0.1) and t.prefix_matching_after == pytest.approx(0.4)
+    assert t.copy_loss_before == pytest.approx(0.8) and t.copy_loss_after == pytest.approx(0.55)
 
 
 def test_find_transition_reports_no_drop():
