@@ -18,9 +18,12 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
+import numpy as np
 import torch
+from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from .curvature import CurvatureOperator
@@ -47,7 +50,7 @@ class EigenvalueCount:
         steps_history: ((m, count on the first probe block), ...) while the steps were grown.
         quadrature: the :class:`SpectralQuadrature` behind the count; other thresholds and spectral sums
             can be read from it at no extra cost.
-        bracket: (low, high), the mean over probes of the Chebyshev–Markov–Stieltjes bounds
+        bracket: (low, high), the mean over probes of the sharp moment bounds
             (:meth:`SpectralQuadrature.count_bracket`): where the count of these probes can lie given only m
             Lanczos steps. Its width is the quadrature's resolution error at the threshold, which
             ``std_err`` (the probe-to-probe spread) does not contain.
@@ -92,6 +95,9 @@ class SpectralQuadrature:
         num_matvecs: operator products used.
         converged: see :class:`EigenvalueCount`.
         steps_history: see :class:`EigenvalueCount`.
+        alpha, beta: the Lanczos coefficients, shapes (P, m) and (P, m − 1) (None: rebuilt from the rule
+            when :meth:`count_bracket` needs them).
+        exact: per probe, whether its Krylov space became invariant (its quadrature is exact).
     """
 
     nodes: Tensor = field(repr=False)
@@ -101,6 +107,9 @@ class SpectralQuadrature:
     num_matvecs: int
     converged: bool = True
     steps_history: tuple[tuple[int, float], ...] = ()
+    alpha: Tensor | None = field(default=None, repr=False, compare=False)
+    beta: Tensor | None = field(default=None, repr=False, compare=False)
+    exact: Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_probes(self) -> int:
@@ -131,18 +140,33 @@ class SpectralQuadrature:
         se = float(s.std(unbiased=True)) / math.sqrt(len(s)) if len(s) > 1 else float("inf")
         return float(s.mean()), se
 
-    def count_bracket(self, threshold: float, *, above: bool = True) -> tuple[float, float]:
-        """Bounds on the probes' count #{λ > τ} (or #{λ < τ}) that hold whatever the m Lanczos steps missed.
+    @cached_property
+    def _jacobi(self) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per probe, the Jacobi matrix (α, β) of the Gauss rule (None: the rule is exact)."""
+        out = []
+        for p in range(self.num_probes):
+            if self.num_steps >= self.dim or (self.exact is not None and bool(self.exact[p])):
+                out.append(None)
+            elif self.alpha is not None:
+                out.append((self.alpha[p].numpy(), self.beta[p].numpy()))
+            else:
+                out.append(_jacobi_from_rule(self.nodes[p].numpy(), self.weights[p].numpy()))
+        return out
 
-        For one probe, let μ be its spectral measure (zᵀ1[A ≤ x]z / d = μ(−∞, x]) and x₁ < … < x_m the
-        Gauss nodes with weights w_j, S_k = Σ_{j≤k} w_j. The Chebyshev–Markov–Stieltjes inequalities
-        (Szegő 1975, *Orthogonal Polynomials*, Thm 3.41.1; Golub & Meurant 2010, §6.3) give
-        S_{k−1} ≤ μ(−∞, x_k) ≤ μ(−∞, x_k] ≤ S_k, so with x_j ≤ τ < x_{j+1}:
-        S_{j−1} ≤ μ(−∞, τ] ≤ S_{j+1}: the count is uncertain by the weights of the two nodes next to τ.
-        The bounds are exact-arithmetic statements (the Lanczos runs are fully reorthogonalised) and
-        conservative: a Ritz value that has converged to an eigenvalue next to τ still counts as uncertain
-        (at m = d the count is exact and returned as both bounds). The mean over probes of each bound is
-        returned; the probe variance (``std_err``) comes on top.
+    def count_bracket(self, threshold: float, *, above: bool = True) -> tuple[float, float]:
+        """Sharp bounds on the probes' count #{λ > τ} (or #{λ < τ}) given the m Lanczos steps taken.
+
+        For one probe, let μ be its spectral measure (zᵀ1[A ≤ x]z / d = μ(−∞, x]). The m Lanczos steps fix
+        its moments up to degree 2m − 1. Among all measures with the moments up to 2m − 2, μ(−∞, τ) and
+        μ(−∞, τ] range exactly over [L, L + ρ], where the m-point Gauss–Radau rule with a node at τ puts
+        mass L below τ and ρ at τ (ρ(τ) = 1/Σ_{k<m} p_k(τ)², the Christoffel function). This is the
+        Chebyshev–Markov–Stieltjes / Markov–Krein inequality (Szegő 1975, *Orthogonal Polynomials*,
+        Thm 3.41.1; Akhiezer 1965, *The Classical Moment Problem*, Thm 3.4.1; the Radau rule as in Golub &
+        Meurant 2010, §6.2). So the count above τ lies in d·[1 − L − ρ, 1 − L]. The width d·ρ(τ) is the
+        quadrature's resolution error at τ, which the probe spread (``std_err``) does not contain. The
+        bounds hold in exact arithmetic (the Lanczos runs are fully reorthogonalised); a probe whose Krylov
+        space became invariant, or m = d, is exact and contributes its count to both ends. The mean over
+        probes of each bound is returned; the probe variance comes on top.
 
         Args:
             threshold: τ.
@@ -151,20 +175,24 @@ class SpectralQuadrature:
         Returns:
             ``(low, high)`` with low ≤ the quadrature count ≤ high, in eigenvalues.
         """
-        if self.num_steps >= self.dim:  # m = d: the quadrature is exact
-            value = float(self.samples(lambda x: (x > threshold if above else x < threshold).double()).mean())
-            return value, value
-        nodes, order = torch.sort(self.nodes, dim=-1)
-        w = torch.gather(self.weights, -1, order)
-        m = w.shape[-1]
-        partial = torch.cat([torch.zeros_like(w[:, :1]), torch.cumsum(w, -1)], -1)  # S_0 … S_m
-        partial[:, -1] = 1.0  # each probe's measure has mass 1 (the weights sum to 1 up to rounding)
-        j = (nodes <= threshold).sum(-1) if above else (nodes < threshold).sum(-1)
-        low_cdf = torch.gather(partial, -1, (j - 1).clamp(min=0)[:, None])[:, 0]
-        high_cdf = torch.gather(partial, -1, (j + 1).clamp(max=m)[:, None])[:, 0]
-        if above:
-            return float(self.dim * (1 - high_cdf).mean()), float(self.dim * (1 - low_cdf).mean())
-        return float(self.dim * low_cdf.mean()), float(self.dim * high_cdf.mean())
+        tau = float(threshold)
+        point = self.samples(lambda x: ((x > tau) if above else (x < tau)).double())
+        lows, highs = [], []
+        for p, jac in enumerate(self._jacobi):
+            if jac is None:
+                lows.append(float(point[p]))
+                highs.append(float(point[p]))
+                continue
+            below, at = _radau_split(*jac, tau)  # μ(−∞, τ) ≥ below, μ(−∞, τ] ≤ below + at
+            if above:
+                lows.append(self.dim * max(0.0, 1 - below - at))
+                highs.append(self.dim * min(1.0, 1 - below))
+            else:
+                lows.append(self.dim * max(0.0, below))
+                highs.append(self.dim * min(1.0, below + at))
+        low, high = float(np.mean(lows)), float(np.mean(highs))
+        mean = float(point.mean())  # the Gauss rule's count lies inside up to rounding
+        return min(low, mean), max(high, mean)
 
     def count(self, threshold: float, *, above: bool = True, confidence: float = 0.95) -> EigenvalueCount:
         """#{λ > threshold} (``above``) or #{λ < threshold}, with a Student-t confidence interval.
@@ -203,9 +231,70 @@ def _rademacher(dim: int, num: int, generator: torch.Generator) -> Tensor:
     return torch.randint(0, 2, (dim, num), generator=generator, device=generator.device).double() * 2 - 1
 
 
+def _coefficients(runs: _LanczosRuns, num_steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(α (B, m), β (B, m − 1), exact (B,)) of the runs' first m steps."""
+    return (runs.alpha[:num_steps].T.contiguous(), runs.beta[: num_steps - 1].T.contiguous(),
+            ~runs.alive.cpu() | (num_steps >= runs.op.dim))
+
+
+def _stack(coeffs) -> dict:
+    return {"alpha": torch.cat([c[0] for c in coeffs]), "beta": torch.cat([c[1] for c in coeffs]),
+            "exact": torch.cat([c[2] for c in coeffs])}
+
+
 def _quadrature(runs: _LanczosRuns, num_steps: int) -> tuple[Tensor, Tensor]:
     theta, S = torch.linalg.eigh(runs.tridiagonal(num_steps))  # (B, m), (B, m, m)
     return theta, S[:, 0, :] ** 2
+
+
+def _jacobi_from_rule(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Jacobi matrix whose Gauss rule is (x, w): Lanczos on diag(x) from √w, reorthogonalised.
+
+    Stops early (a shorter matrix) where the rule has fewer nodes of non-negligible weight.
+
+    Returns:
+        ``(α, β)``: the diagonal (length k ≤ m) and the off-diagonal (length k − 1).
+    """
+    m = len(x)
+    Q = np.zeros((m, m))
+    q = np.sqrt(np.clip(w, 0, None))
+    Q[:, 0] = q / np.linalg.norm(q)
+    alpha, beta = [], []
+    scale = max(float(np.abs(x).max()), np.finfo(float).tiny)
+    for k in range(m):
+        v = x * Q[:, k]
+        alpha.append(float(Q[:, k] @ v))
+        for _ in range(2):
+            v -= Q[:, : k + 1] @ (Q[:, : k + 1].T @ v)
+        b = float(np.linalg.norm(v))
+        if k + 1 == m or b <= 1e-13 * scale:
+            break
+        beta.append(b)
+        Q[:, k + 1] = v / b
+    return np.array(alpha), np.array(beta)
+
+
+def _radau_split(alpha: np.ndarray, beta: np.ndarray, tau: float) -> tuple[float, float]:
+    """Masses of the Gauss–Radau rule with a node at τ, from the first m − 1 steps of a Jacobi matrix.
+
+    The rule has m nodes and is exact for polynomials of degree ≤ 2m − 2 (m = len(α)).
+
+    Returns:
+        ``(mass below τ, mass at τ)``.
+    """
+    m = len(alpha)
+    if m == 1:
+        return 0.0, 1.0  # only the total mass is known
+    a0, b0, last = alpha[: m - 1], beta[: m - 2], float(beta[m - 2])
+    phi, U = eigh_tridiagonal(a0, b0) if m > 2 else (a0.copy(), np.ones((1, 1)))
+    gap = phi - tau
+    scale = max(float(np.abs(phi).max()), abs(tau), np.finfo(float).tiny)
+    gap = np.where(np.abs(gap) < 1e-14 * scale, 1e-14 * scale, gap)  # τ on a node of T_{m−1}: nudge
+    a_last = tau + last ** 2 * float((U[-1] ** 2 / gap).sum())
+    theta, V = eigh_tridiagonal(np.append(a0, a_last), np.append(b0, last))
+    w = V[0] ** 2
+    k = int(np.argmin(np.abs(theta - tau)))
+    return float(w[:k].sum()), float(w[k])
 
 
 def _ambiguous_mass(runs: _LanczosRuns, num_steps: int, threshold: float) -> Tensor:
@@ -257,14 +346,16 @@ def stochastic_lanczos_quadrature(
     generator = torch.Generator().manual_seed(0) if generator is None else generator
     before = op.num_matvecs
     m = min(int(num_steps), op.dim)
-    nodes, weights = [], []
+    nodes, weights, coeffs = [], [], []
     for start in range(0, int(num_probes), int(block_size)):
         runs = _LanczosRuns(op, _rademacher(op.dim, min(block_size, num_probes - start), generator))
         runs.extend(m)
         theta, tau = _quadrature(runs, m)
         nodes.append(theta)
         weights.append(tau)
-    return SpectralQuadrature(torch.cat(nodes), torch.cat(weights), op.dim, m, op.num_matvecs - before)
+        coeffs.append(_coefficients(runs, m))
+    return SpectralQuadrature(torch.cat(nodes), torch.cat(weights), op.dim, m, op.num_matvecs - before,
+                              **_stack(coeffs))
 
 
 def count_eigenvalues(
@@ -358,14 +449,16 @@ def count_eigenvalues(
             break
         previous = current
         m = min(2 * m, max_steps)
-    nodes, weights = [theta], [tau]
+    nodes, weights, coeffs = [theta], [tau], [_coefficients(runs, m)]
     for start in range(first, num_probes, block_size):
         more = _LanczosRuns(op, _rademacher(op.dim, min(block_size, num_probes - start), generator))
         more.extend(m)
         t, w = _quadrature(more, m)
         nodes.append(t)
         weights.append(w)
+        coeffs.append(_coefficients(more, m))
     quad = SpectralQuadrature(
-        torch.cat(nodes), torch.cat(weights), op.dim, m, op.num_matvecs - before, converged, tuple(history)
+        torch.cat(nodes), torch.cat(weights), op.dim, m, op.num_matvecs - before, converged, tuple(history),
+        **_stack(coeffs),
     )
     return quad.count(threshold, confidence=confidence)

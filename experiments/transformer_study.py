@@ -46,6 +46,7 @@ from experiments.lm import (Language, LanguageConfig, LMConfig, TrainConfig, con
                             find_transition, load_checkpoint, train)
 from experiments.lm import measure  # noqa: E402
 from experiments.lm.problem import NextTokenLM  # noqa: E402
+from slt_interp.estimators.slq import SpectralQuadrature  # noqa: E402
 
 __all__ = ["StudySettings", "quick_settings", "full_settings", "run_study", "StudyResult", "figures", "conclusions",
            "summary_rows", "markdown"]
@@ -378,6 +379,15 @@ def _brief(key, v) -> str:
 
 # ---------------------------------------------------------------------------------------------- analysis
 
+def _brackets(c: dict, key: str, taus) -> list[tuple[float, float]]:
+    """The quadrature brackets of the count above each τ, recomputed from the stored per-probe rules (so that
+    measurements stored before a sharper bracket existed get it too)."""
+    q = c[key]["quadrature"]
+    sq = SpectralQuadrature(torch.tensor(q["nodes"], dtype=torch.float64), torch.tensor(q["weights"], dtype=torch.float64),
+                            c["dim"], c[key]["num_steps"], 0)
+    return [sq.count_bracket(float(t)) for t in taus]
+
+
 def _ratio(a, sa, b, sb):
     """a/b with the first-order propagated standard error."""
     r = a / b
@@ -406,7 +416,7 @@ def table_rows(res: StudyResult) -> list[dict]:
                        quadratic=c["hessian"]["quadratic_llc"], gn_quadratic=c["gauss_newton"]["quadratic_llc"],
                        negative=c["hessian"]["negative_below_tau_n"], negative_se=c["hessian"]["negative_se"],
                        grad_norm=c["grad_norm"])
-            lo, hi = c["hessian"].get("rank_bracket", (math.nan, math.nan))
+            lo, hi = _brackets(c, "hessian", [c["tau_n"]])[0] if "quadrature" in c["hessian"] else (math.nan, math.nan)
             row.update(rank_lo=lo, rank_hi=hi)
         if l:
             row.update(llc=l["mean"], llc_se=l["std_err"], llc_converged=l["converged"])
@@ -461,9 +471,10 @@ def conclusions(res: StudyResult) -> list[str]:
                 out.append(f"Order 4 at step {r['step']}: g₄ is {o['quartic']}; the lower bound moves from "
                            f"{o['order2_lower']:.2f} to {o['lower']:.2f}.")
     else:
-        k = [o["nullity"] for o in o4 if o]
+        k = [o["nullity"] for o in o4 if o] + [r["dim"] - r[e] for r in rows for e in ("rank_lo", "rank_hi")
+                                                  if math.isfinite(r.get(e, math.nan))]
         out.append(f"(a′) Order 4: we cannot tell at this size. The numerical null space at τ(n) has dimension "
-                   f"{min(k):,.0f}–{max(k):,.0f} over the checkpoints, against at most {measure.ORDER4_MAX_NULLITY} "
+                   f"{min(k):,.0f}–{max(k):,.0f} over the checkpoints (SLQ estimates and quadrature brackets), against at most {measure.ORDER4_MAX_NULLITY} "
                    "variables for the quartic analysis; the order-4 term could at most add k/4 (if g₄ were positive "
                    "definite on the whole null space, which cannot be certified at this k) and adds at least 1/4 "
                    "once g₄ ≢ 0 is witnessed.")
@@ -477,7 +488,7 @@ def conclusions(res: StudyResult) -> list[str]:
                    "ratio is " + ", ".join(f"{x['ratio']:.2f} ± {x['ratio_se']:.2f} (step {x['step']})" for x in rr) + ".")
     t = res.transition
     if getattr(t, "found", False) and t.before_step in res.steps and t.after_step in res.steps:
-        mb, ma = res.measurements[str(t.before_step)], res.measurements[str(t.after_step)]
+        mb, ma = res.measurements.get(str(t.before_step), {}), res.measurements.get(str(t.after_step), {})
         if "llc" in mb and "llc" in ma:
             dl, dse, z = _diff_z(mb["llc"], ma["llc"])
             out.append(f"Across the induction-head transition (steps {t.before_step} → {t.after_step}, in-context loss "
@@ -565,8 +576,8 @@ def figures(res: StudyResult, savefig) -> dict[str, str]:
             h = c[key]
             ax.plot(h["taus"], np.array(h["ranks"]) / c["dim"], style, color=color,
                     label=f"step {step}, {'Hessian' if key == 'hessian' else 'Gauss–Newton'}")
-            if key == "hessian" and "rank_bracket_curve" in h:
-                br = np.array(h["rank_bracket_curve"]) / c["dim"]
+            if key == "hessian" and "quadrature" in h:
+                br = np.array(_brackets(c, key, h["taus"])) / c["dim"]
                 ax.fill_between(h["taus"], br[:, 0], br[:, 1], color=color, alpha=0.15, lw=0)
         ax.axvline(c["tau_n"], color="0.4", lw=0.8, ls=":")
     ax.set_xscale("log")
@@ -616,7 +627,7 @@ def figures(res: StudyResult, savefig) -> dict[str, str]:
 
 
 def _cost_table(res: StudyResult) -> str:
-    lines = ["| step | measurement | seconds | peak memory (MB) | notes |", "|---|---|---|---|---|"]
+    lines = ["| step | measurement | seconds | peak memory growth (MB) | notes |", "|---|---|---|---|---|"]
     for step in res.steps:
         m = res.measurements.get(str(step), {})
         c = m.get("curvature")
@@ -678,6 +689,9 @@ def markdown(res: StudyResult, savefig, *, heading_level: int = 3) -> str:
         if name in paths:
             parts.append(f"![{name}]({paths[name]})")
     parts += [f"{h} Cost of each measurement", _cost_table(res),
+              "Memory: on a CPU, the growth of the resident set above its size at the start of the measurement "
+              "(sampled every 10 ms); a measurement that reuses heap an earlier one in the same process left "
+              "behind shows little or none (0). On CUDA, allocated memory above the start.",
               "Time and memory scale with d·n for the curvature products and with d·(batch tokens)·steps for SGLD; "
               "the next size up (10× d) costs about 10× per product on the same data."]
     return "\n\n".join(parts)

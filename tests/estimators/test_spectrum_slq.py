@@ -144,8 +144,11 @@ def test_slq_count_bracket_contains_each_probes_exact_count(num_steps):
             exact = (proj * ((evals > tau) if above else (evals < tau)).double()[:, None]).sum(0)  # per probe
             # the bracket per probe: evaluate it on one-probe quadratures
             for p in range(P):
-                one = type(sq)(sq.nodes[p:p + 1], sq.weights[p:p + 1], sq.dim, sq.num_steps, 0)
+                one = type(sq)(sq.nodes[p:p + 1], sq.weights[p:p + 1], sq.dim, sq.num_steps, 0)  # rebuilt Jacobi
                 lo, hi = one.count_bracket(tau, above=above)
+                kept = type(sq)(sq.nodes[p:p + 1], sq.weights[p:p + 1], sq.dim, sq.num_steps, 0,
+                                alpha=sq.alpha[p:p + 1], beta=sq.beta[p:p + 1], exact=sq.exact[p:p + 1])
+                assert kept.count_bracket(tau, above=above) == pytest.approx((lo, hi), rel=1e-6, abs=1e-6)
                 point = float(one.samples(lambda x: ((x > tau) if above else (x < tau)).double())[0])
                 assert lo - 1e-6 <= float(exact[p]) <= hi + 1e-6, (tau, above, p, lo, float(exact[p]), hi)
                 assert lo - 1e-9 <= point <= hi + 1e-9
@@ -153,6 +156,7 @@ def test_slq_count_bracket_contains_each_probes_exact_count(num_steps):
             lo, hi = sq.count_bracket(tau, above=above)
             assert lo - 1e-6 <= float(exact.mean()) <= hi + 1e-6
     assert max(widths) > 1.0  # the bracket is not trivially tight at these step counts
+    assert min(widths) < len(h) / 2  # nor trivially wide
     c = sq.count(1e-3)
     assert c.bracket == sq.count_bracket(1e-3) and "quadrature bracket" in repr(c)
 
@@ -168,3 +172,13 @@ def test_slq_count_bracket_is_the_exact_count_at_full_steps():
     exact = float((((U.T @ z) ** 2) * (evals > 0.25).double()[:, None]).sum(0).mean())
     lo, hi = sq.count_bracket(0.25)
     assert lo == hi and abs(lo - exact) < 1e-8
+
+
+def test_slq_count_bracket_collapses_when_the_krylov_space_is_invariant():
+    # a rank-3 operator: every probe's Krylov space is invariant after 4 steps, so each count is exact
+    h = torch.cat([torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64), torch.zeros(37, dtype=torch.float64)])
+    op, _ = _quadratic(h, "cpu", seed=3)
+    sq = stochastic_lanczos_quadrature(op, num_probes=3, num_steps=10, generator=torch.Generator().manual_seed(1))
+    assert bool(sq.exact.all())
+    lo, hi = sq.count_bracket(0.7)
+    assert lo == hi == pytest.approx(float(sq.samples(lambda x: (x > 0.7).double()).mean()))
