@@ -520,7 +520,10 @@ def summary_rows(res: StudyResult) -> list[tuple[str, str]]:
         return []
     last = rows[-1]
     out = [(f"Transformer LM ({res.num_params:,} params): Hessian rank bound vs d/2 at the last checkpoint",
-            f"r/2 = {last['lower']:.0f} ± {last['lower_se']:.0f} of d/2 = {last['dim'] / 2:,.0f}; "
+            f"r/2 = {last['lower']:.0f} ± {last['lower_se']:.0f}"
+            + (f" (quadrature bracket {last['rank_lo'] / 2:,.0f}–{last['rank_hi'] / 2:,.0f})"
+               if math.isfinite(last.get("rank_lo", math.nan)) else "")
+            + f" of d/2 = {last['dim'] / 2:,.0f}; "
             f"LLC {last['llc']:.1f} ± {last['llc_se']:.1f}")]
     if "ratio" in last:
         out.append(("Transformer LM: behavioral LLC (KL) / LLC", f"{last['ratio']:.2f} ± {last['ratio_se']:.2f} "

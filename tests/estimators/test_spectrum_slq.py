@@ -182,3 +182,20 @@ def test_slq_count_bracket_collapses_when_the_krylov_space_is_invariant():
     assert bool(sq.exact.all())
     lo, hi = sq.count_bracket(0.7)
     assert lo == hi == pytest.approx(float(sq.samples(lambda x: (x > 0.7).double()).mean()))
+
+
+def test_slq_count_brackets_nest_as_the_steps_grow():
+    # a longer Gauss rule matches every moment a shorter one fixes, so its count lies in the shorter
+    # rule's bracket, and the brackets shrink (same probes: the first m steps are the same run)
+    g = torch.Generator().manual_seed(11)
+    h = torch.cat([10 ** (-6 + 5 * torch.rand(300, generator=g, dtype=torch.float64)),
+                   -10 ** (-4 + 2 * torch.rand(30, generator=g, dtype=torch.float64))])
+    op, _ = _quadratic(h, "cpu", seed=12)
+    rules = {m: stochastic_lanczos_quadrature(op, num_probes=4, num_steps=m, generator=torch.Generator().manual_seed(3))
+             for m in (8, 16, 32)}
+    for tau in (1e-4, 1e-3, 1e-2, 0.1):
+        for short, long_ in ((8, 16), (16, 32), (8, 32)):
+            lo, hi = rules[short].count_bracket(tau)
+            lo2, hi2 = rules[long_].count_bracket(tau)
+            assert lo - 1e-6 <= rules[long_].count(tau).count <= hi + 1e-6
+            assert lo - 1e-6 <= lo2 <= hi2 <= hi + 1e-6
