@@ -388,6 +388,14 @@ def _brackets(c: dict, key: str, taus) -> list[tuple[float, float]]:
     return [sq.count_bracket(float(t)) for t in taus]
 
 
+def _unconverged_note(converged) -> str:
+    bad = sum(not c for c in converged)
+    if not bad:
+        return ""
+    return (f" Caveat: {bad} of the {len(converged)} SGLD runs behind this statement stopped on their time budget "
+            "before their convergence targets, so the SEs do not contain the bias of an unconverged chain.")
+
+
 def _ratio(a, sa, b, sb):
     """a/b with the first-order propagated standard error."""
     r = a / b
@@ -485,7 +493,8 @@ def conclusions(res: StudyResult) -> list[str]:
                    "smaller than" if r["ratio"] + 2 * r["ratio_se"] < 1 else "indistinguishable (2 SE) from")
         out.append(f"(b) The behavioral LLC (KL) at step {r['step']} is {r['bllc']:.1f} ± {r['bllc_se']:.1f}, "
                    f"{r['ratio']:.2f} ± {r['ratio_se']:.2f} times the LLC: {verdict} the LLC. Over the checkpoints the "
-                   "ratio is " + ", ".join(f"{x['ratio']:.2f} ± {x['ratio_se']:.2f} (step {x['step']})" for x in rr) + ".")
+                   "ratio is " + ", ".join(f"{x['ratio']:.2f} ± {x['ratio_se']:.2f} (step {x['step']})" for x in rr) + "."
+                   + _unconverged_note([x[k] for x in rr for k in ("llc_converged", "bllc_converged")]))
     t = res.transition
     if getattr(t, "found", False) and t.before_step in res.steps and t.after_step in res.steps:
         mb, ma = res.measurements.get(str(t.before_step), {}), res.measurements.get(str(t.after_step), {})
@@ -493,7 +502,8 @@ def conclusions(res: StudyResult) -> list[str]:
             dl, dse, z = _diff_z(mb["llc"], ma["llc"])
             out.append(f"Across the induction-head transition (steps {t.before_step} → {t.after_step}, in-context loss "
                        f"{t.copy_loss_before:.2f} → {t.copy_loss_after:.2f} nats) the LLC changes by {dl:+.1f} ± {dse:.1f} "
-                       + ("(significant at 2 SE)." if abs(z) > 2 else "(not significant at 2 SE)."))
+                       + ("(significant at 2 SE)." if abs(z) > 2 else "(not significant at 2 SE).")
+                       + _unconverged_note([mb["llc"]["converged"], ma["llc"]["converged"]]))
         heads = [k for k in mb if k.startswith("refined/head") and k in ma]
         if heads:
             changes = {k: _diff_z(mb[k], ma[k]) for k in heads}
@@ -507,7 +517,8 @@ def conclusions(res: StudyResult) -> list[str]:
                        f"({dl:+.1f} ± {dse:.1f}, z = {z:.1f}); the head with the highest prefix-matching score after it is "
                        f"L{best[0]}H{best[1]} ({pm[best[0]][best[1]]:.2f})" +
                        (": the same head." if (layer, head) == best else ": a different head.") +
-                       (" The rise is not significant at 2 SE." if z < 2 else ""))
+                       (" The rise is not significant at 2 SE." if z < 2 else "")
+                       + _unconverged_note([mb[top]["converged"], ma[top]["converged"]]))
     elif not getattr(t, "found", False):
         out.append(f"No induction-head transition was detected in this run ({t}); the checkpoints are evenly spaced.")
     return out
@@ -540,7 +551,7 @@ def figures(res: StudyResult, savefig) -> dict[str, str]:
     hist = res.history
     t = res.transition
     # 1. along training: losses, and LLC / behavioral LLC / bounds
-    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(9.5, 7), sharex=True)
     st = [r.step for r in hist]
     ax0.plot(st, [r.train_loss for r in hist], label="training loss")
     ax0.plot(st, [r.heldout_loss for r in hist], label="held-out loss")
@@ -550,12 +561,16 @@ def figures(res: StudyResult, savefig) -> dict[str, str]:
     fig.suptitle(f"Transformer LM, {res.num_params:,} parameters: loss and LLC along training")
     ax0.set_title("losses")
     for r_key, se_key, label in (("llc", "llc_se", "LLC (SGLD)"), ("bllc", "bllc_se", "behavioral LLC, KL (SGLD)"),
-                                 ("lower", "lower_se", "rank lower bound r(τ(n))/2"),
+                                 ("lower", "lower_se", "rank bound r(τ(n))/2\n(bars: quadrature bracket ± 2 SE)"),
                                  ("quadratic", None, "quadratic prediction ½Σh/(h+τ(n))")):
         pts = [r for r in rows if r_key in r]
-        if pts:
-            ax1.errorbar([r["step"] for r in pts], [r[r_key] for r in pts],
-                         yerr=[2 * r[se_key] for r in pts] if se_key else None, marker="o", capsize=3, label=label)
+        if not pts:
+            continue
+        yerr = [2 * r[se_key] for r in pts] if se_key else None
+        if r_key == "lower" and all(math.isfinite(r.get("rank_lo", math.nan)) for r in pts):
+            yerr = [[max(0.0, r["lower"] - r["rank_lo"] / 2 + 2 * r["lower_se"]) for r in pts],
+                    [max(0.0, r["rank_hi"] / 2 - r["lower"] + 2 * r["lower_se"]) for r in pts]]
+        ax1.errorbar([r["step"] for r in pts], [r[r_key] for r in pts], yerr=yerr, marker="o", capsize=3, label=label)
     ax1.set_yscale("log")
     ax1.set_xlabel("training step")
     ax1.set_ylabel("learning coefficient (±2 SE)")
