@@ -160,9 +160,10 @@ class SpectralQuadrature:
         its moments up to degree 2m − 1. Among all measures with the moments up to 2m − 2, μ(−∞, τ) and
         μ(−∞, τ] range exactly over [L, L + ρ], where the m-point Gauss–Radau rule with a node at τ puts
         mass L below τ and ρ at τ (ρ(τ) = 1/Σ_{k<m} p_k(τ)², the Christoffel function). This is the
-        Chebyshev–Markov–Stieltjes / Markov–Krein inequality (Szegő 1975, *Orthogonal Polynomials*,
-        Thm 3.41.1; Akhiezer 1965, *The Classical Moment Problem*, Thm 3.4.1; the Radau rule as in Golub &
-        Meurant 2010, §6.2). So the count above τ lies in d·[1 − L − ρ, 1 − L]. The width d·ρ(τ) is the
+        Chebyshev–Markov–Stieltjes inequality (Szegő 1975, *Orthogonal Polynomials*, Thm 3.41.1, at the
+        Gauss nodes), extended to any τ by the canonical representation with a node at τ (Krein &
+        Nudelman 1977, *The Markov Moment Problem*); the Radau rule is sharp because it is itself such a
+        measure (Golub & Meurant 2010, *Matrices, Moments and Quadrature*). So the count above τ lies in d·[1 − L − ρ, 1 − L]. The width d·ρ(τ) is the
         quadrature's resolution error at τ, which the probe spread (``std_err``) does not contain. The
         bounds hold in exact arithmetic (the Lanczos runs are fully reorthogonalised); a probe whose Krylov
         space became invariant, or m = d, is exact and contributes its count to both ends. The mean over
