@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from experiments import transformer_study
-from experiments.lm import Language, load_checkpoint, measure
+from experiments.lm import load_checkpoint, measure
 from experiments.lm.problem import NextTokenLM
 
 
@@ -31,8 +31,7 @@ def check(run_dir, size: str, step: int, steps, log=print) -> dict:
         count lies in every shorter rule's bracket (Hessian and Gauss–Newton).
     """
     s = transformer_study.full_settings(size) if size != "quick" else transformer_study.quick_settings()
-    train_data, _ = Language(s.language).splits(s.num_train, s.num_heldout, seed=s.seed)
-    tokens = train_data.tokens[: s.num_measure]
+    tokens = transformer_study.measure_tokens(transformer_study.data_splits(s)[0], s)
     lm, _ = load_checkpoint(Path(run_dir) / "checkpoints", step, device="cpu", dtype=getattr(torch, s.dtype))
     model = NextTokenLM(lm).eval()
     rows = {}

@@ -274,6 +274,16 @@ def _step(store: _Store, step: int, kind: str) -> float | None:
     return None if cal is None else cal["step_size"]
 
 
+def data_splits(s: StudySettings):
+    """The study's (training, held-out) samples of the synthetic language."""
+    return Language(s.language).splits(s.num_train, s.num_heldout, seed=s.seed)
+
+
+def measure_tokens(train_data, s: StudySettings):
+    """The sequences L_n is taken over in every measurement: the first ``num_measure`` training ones."""
+    return train_data.tokens[: s.num_measure]
+
+
 def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=None, measure_more: bool = True,
               worker: tuple[int, int] = (0, 1)) -> StudyResult:
     """Train (or resume), choose the checkpoints and measure each one (module docstring).
@@ -294,8 +304,7 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lang = Language(s.language)
-    train_data, heldout = lang.splits(s.num_train, s.num_heldout, seed=s.seed)
+    train_data, heldout = data_splits(s)
     steps_all = tuple(range(0, s.train.num_steps + 1, s.train.eval_every))
     tcfg = replace(s.train, checkpoint_steps=steps_all)
     run = train(s.model, train_data, heldout, tcfg, out_dir=out / "checkpoints", init_seed=s.seed, device=device,
@@ -306,7 +315,7 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
     steps = choose_steps(run.checkpoint_steps, transition, s.num_checkpoints)
     store = _Store(out / "measurements.json")
     dtype = getattr(torch, s.dtype)
-    tokens = train_data.tokens[: s.num_measure].to(device)
+    tokens = measure_tokens(train_data, s).to(device)
     # "transition": the checkpoints bracketing the drop (choose_steps always measures them), else first and last
     refine_steps = steps if s.refine_at == "all" else {transition.before_step or steps[0], transition.after_step or steps[-1]}
     groups = []  # tasks in the order they must run; different groups may run in different workers

@@ -129,9 +129,10 @@ def curvature(model: NextTokenLM, tokens: Tensor, *, num_probes: int, num_steps:
         ``"gauss_newton"``: ``rank_at_tau_n`` (mean, SE over probes), ``lower`` = rank/2 (SE),
         ``quadratic_llc`` = ½·soft-rank at τ(n), ``negative_below_tau_n`` (count, SE), ``max_eig``, the rank
         curve (``taus``, ``ranks``, ``rank_se``), the density, ``matvecs``, ``seconds``, ``peak_memory_mb``;
-        ``rank_bracket`` / ``negative_bracket`` / ``rank_bracket_curve``: where the probes' counts can lie
+        ``rank_bracket`` / ``negative_bracket``: where the probes' counts at ±τ(n) can lie
         given only ``num_steps`` Lanczos steps (:meth:`SpectralQuadrature.count_bracket`; the SE is the probe
-        spread only), and ``quadrature``: the per-probe nodes and weights, for other thresholds later.
+        spread only), and ``quadrature``: the per-probe nodes and weights (brackets at other thresholds are
+        computed from it: ``SpectralQuadrature(nodes, weights, dim, num_steps, 0).count_bracket(τ)``).
     """
     device = next(model.parameters()).device
     work = batch_size * tokens.shape[1] * sum(p.numel() for p in model.parameters())
@@ -161,7 +162,6 @@ def _curvature(model, tokens, device, num_probes, num_steps, batch_size, seed, l
         out[key] = {
             "rank_at_tau_n": float(at_n.ranks[0]), "rank_se": float(at_n.std_err[0]),
             "rank_bracket": list(sq.count_bracket(tau_n)), "negative_bracket": list(neg.bracket),
-            "rank_bracket_curve": [list(sq.count_bracket(float(t))) for t in taus],
             "quadrature": {"nodes": sq.nodes.tolist(), "weights": sq.weights.tolist()},
             "lower": float(at_n.ranks[0]) / 2, "lower_se": float(at_n.std_err[0]) / 2,
             "quadratic_llc": float(at_n.quadratic_llc[0]),

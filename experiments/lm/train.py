@@ -536,7 +536,7 @@ class InductionTransition:
     score stays ≈ 0.05 until step 400, then jumps to 0.39 by step 600, just after the drop's end at 550).
 
     Attributes:
-        found: a rise of at least ``min_rise`` nats was seen and, at its end, a head prefix-matches.
+        found: a rise of at least ``min_rise`` nats was seen and, at its end or later, a head prefix-matches.
         drop_start_step, drop_end_step: evaluation steps bracketing the largest rise of the gap (None if
             it is below ``min_rise``); filled also when no head prefix-matches.
         before_step, after_step: the latest checkpoint at or before the "before" point and the earliest
