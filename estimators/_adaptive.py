@@ -212,7 +212,7 @@ def drive(
             if num_draws is not None and rec.burnin_end >= 0 and loop.t > rec.burnin_end + num_draws:
                 raise ValueError(f"checkpoint {ckpt} already holds {loop.t - rec.burnin_end} draws, more than "
                                  f"num_draws = {num_draws}; raise num_draws")
-    t0 = time.monotonic()
+    t0, advanced = time.monotonic(), False
     last_save = [time.monotonic()]
     healthy = loop.state_dict()
     spent = rec.steps_total - loop.t  # steps of earlier (backed-off) segments
@@ -316,12 +316,17 @@ def drive(
                         llc = llc[:, n // 2:]
                     chunk_end = loop.t + (_next_chunk(llc, targets) if llc.shape[1] >= 8 else 100)
         budget = targets.max_steps - spent
-        if loop.t >= budget or (targets.max_seconds is not None and time.monotonic() - t0 > targets.max_seconds):
-            break  # (max_seconds is refused for distributed runs: the processes would stop at different steps)
+        # the wall clock is read after this call's first block of steps, so every call (a resumed one
+        # too) makes progress; max_seconds is refused for distributed runs (the processes would stop at
+        # different steps)
+        if loop.t >= budget or (targets.max_seconds is not None and advanced
+                                and time.monotonic() - t0 > targets.max_seconds):
+            break
         chunk_end = min(chunk_end, budget)
         every = checkpoint_every or 50
         steps = min(every - loop.t % every, chunk_end - loop.t)
         div = loop.advance(steps)
+        advanced = True
         if div is not None:
             t, chains, reason = div
             if backoff and sum(1 for b in rec.backoffs if not b[3].startswith("MALA acceptance")) < MAX_BACKOFFS:
@@ -341,6 +346,13 @@ def drive(
                 save()
     ran_out = phase == "burnin"
     if ran_out:  # the budget ran out during burn-in: keep the second half (at the current step) as draws
+        save()  # resumable as it stands: still in burn-in, its end not yet set
+        if (loop.t - rec.burnin_start) // 2 < 8:
+            raise ValueError(
+                f"the budget (max_steps = {targets.max_steps}" + (f", max_seconds = {targets.max_seconds:g}"
+                                                                  if targets.max_seconds is not None else "")
+                + f") ran out after {loop.t - rec.burnin_start} burn-in steps, too few to keep any draws; raise it"
+                + (" (resume=True continues from the checkpoint)" if ckpt is not None else ""))
         rec.burnin_end = rec.burnin_start + (loop.t - rec.burnin_start) // 2
     budget = (f"the budget (max_steps = {targets.max_steps}"
               + (f", max_seconds = {targets.max_seconds:g}" if targets.max_seconds is not None else "") + ") ran out")
@@ -349,5 +361,6 @@ def drive(
         rec.unmet.insert(0, budget)
     rec.converged = not rec.unmet
     rec.steps_total = spent + loop.t
-    save()
+    if not ran_out:
+        save()
     return loop.run_record(), rec

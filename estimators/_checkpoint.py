@@ -168,9 +168,13 @@ def load(path: Path, fp: Mapping[str, Any], required: tuple[str, ...]) -> dict |
     if state.get("version") != VERSION or any(k not in state for k in required):
         raise ValueError(f"checkpoint {str(path)!r} was written by another version of slt_interp (format version "
                          f"{state.get('version')!r}, expected {VERSION}) or is incomplete; delete it to start afresh")
-    diff = describe_mismatch(state["fingerprint"], fp)
+    saved = dict(state["fingerprint"])
+    if isinstance(saved.get("setting.targets"), list):  # written before max_seconds left the fingerprint
+        saved["setting.targets"] = [t for t in saved["setting.targets"] if not str(t).startswith("max_seconds=")]
+    diff = describe_mismatch(saved, fp)
     if diff:
         raise ValueError(f"checkpoint {str(path)!r} was written by a different run: different " + "; different ".join(diff)
-                         + ". Resume with the same data, model, loss and settings (only num_draws may grow), or delete "
+                         + ". Resume with the same data, model, loss and settings (only num_draws and max_seconds may "
+                         "change), or delete "
                          "the file to start afresh")
     return state

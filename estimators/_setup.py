@@ -129,12 +129,13 @@ class RunSettings:
 
     def fingerprint_items(self, step_size: float) -> dict:
         """What a resumed run must share: every setting that changes the draws (``num_draws`` may grow;
-        threads, checkpoint interval and the non-minimum policy do not change them)."""
+        threads, checkpoint interval and the non-minimum policy do not change them, nor does the
+        wall-clock budget ``targets.max_seconds``, so a run stopped on it continues with a larger one)."""
         items = {k: v for k, v in asdict(self).items()
                  if k not in ("num_draws", "checkpoint_every", "num_threads", "on_nonminimum", "targets", "step_size")}
         items["step_size"] = float(step_size)
         items["num_draws_fixed"] = self.num_draws is not None
-        items["targets"] = [f"{k}={v}" for k, v in asdict(self.targets).items()] if (
+        items["targets"] = [f"{k}={v}" for k, v in asdict(self.targets).items() if k != "max_seconds"] if (
             self.adaptive_draws or self.adaptive_burnin) else None
         return items
 

@@ -3,7 +3,8 @@
 * :func:`plot_spectrum` — sorted |eigenvalues| on a log scale, negative ones marked, the threshold τ as a
   horizontal line: the eigenvalues above it are the rank.
 * :func:`plot_rank_curve` — lower bound rank(τ)/2, upper bound d/2, the quadratic SGLD target ½·Σ h/(h + τ)
-  and (optionally) the exact λ, against τ or n (docs/theory.md §3).
+  and (optionally) the exact λ, against τ or n (docs/theory.md §3); for SLQ the probe band and the
+  quadrature bracket of the lower bound.
 """
 from __future__ import annotations
 
@@ -85,6 +86,10 @@ def plot_rank_curve(curve: RankCurve, *, llc: float | None = None, ax=None, agai
     if bool((curve.std_err > 0).any()):
         se = curve.std_err.numpy() / 2
         ax.fill_between(x, lower - 2 * se, lower + 2 * se, alpha=0.25, step="mid", label="±2 SE (SLQ)")
+    if curve.lower_bracket is not None:
+        low, high = (b.numpy() for b in curve.lower_bracket)
+        ax.fill_between(x, low, high, step="mid", facecolor="none", edgecolor="tab:blue", hatch="///", lw=0,
+                        alpha=0.6, label="quadrature bracket (Lanczos resolution)")
     ax.axhline(curve.upper, color="tab:gray", ls=":", label="upper = d/2")
     ax.plot(x, curve.quadratic_llc.numpy(), color="tab:green", lw=1, label="½·Σ h/(h+τ) (quadratic target)")
     if llc is not None:

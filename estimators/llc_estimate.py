@@ -544,8 +544,9 @@ def estimate_llc(
         resume: continue from ``checkpoint_path``. The checkpoint's fingerprint (content hashes of the
             data and w*, the ``params`` selection, the loss's name and source, the model's
             architecture, every sampler setting) must match, else a ValueError names what differs;
-            only ``num_draws`` may grow. The result is bit-identical to an uninterrupted run. A
-            missing file warns and starts afresh.
+            only ``num_draws`` and ``max_seconds`` may change. The result is bit-identical to an
+            uninterrupted run; a run that stopped on ``max_seconds`` continues, with a larger or no
+            wall-clock budget, as if it had never stopped. A missing file warns and starts afresh.
         sampler: "sgld" (default: minibatch Langevin, never rejects, O(ε) bias), "mala"
             (Metropolis-adjusted Langevin on the full batch: exact stationary law for every ε; the
             acceptance rate is ``diagnostics.mala_acceptance``; ``batch_size`` must be None or n) or

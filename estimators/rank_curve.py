@@ -39,6 +39,10 @@ class RankCurve:
         method: "dense" or "slq".
         num_samples: n for each τ when built with :func:`rank_curve_vs_n`, else None.
         localization, nbeta: the settings behind τ(n) (None for a plain τ grid).
+        bracket: for SLQ, ``(low, high)`` rank counts per τ, shape (T,) each: the sharp quadrature
+            bracket (:meth:`SpectralQuadrature.count_bracket`), where the probes' rank can lie given
+            only the Lanczos steps taken. Its width is the resolution error the SE does not contain.
+            None for a dense spectrum (exact).
     """
 
     thresholds: Tensor
@@ -50,11 +54,17 @@ class RankCurve:
     num_samples: Tensor | None = field(default=None)
     localization: float | None = None
     nbeta: Tensor | None = field(default=None, repr=False)
+    bracket: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @property
     def lower(self) -> Tensor:
         """rank(τ)/2, the Hessian-order lower bound at each threshold."""
         return self.ranks / 2
+
+    @property
+    def lower_bracket(self) -> tuple[Tensor, Tensor] | None:
+        """(low, high)/2: the range of the lower bound rank(τ)/2 over the quadrature bracket (None: dense)."""
+        return None if self.bracket is None else (self.bracket[0] / 2, self.bracket[1] / 2)
 
     @property
     def upper(self) -> float:
@@ -94,22 +104,28 @@ def _eigen_source(spectrum) -> tuple[str, Tensor | SpectralQuadrature, int]:
     )
 
 
-def _curve(spectrum, taus: Tensor) -> tuple[str, int, Tensor, Tensor, Tensor]:
+def _curve(spectrum, taus: Tensor) -> dict:
+    """The fields of a :class:`RankCurve` at the thresholds ``taus``."""
     method, src, dim = _eigen_source(spectrum)
     if method == "dense":
         h = src
         ranks = (h[None, :] > taus[:, None]).sum(-1).double()
         hp = h.clamp_min(0)
         soft = (hp[None, :] / (hp[None, :] + taus[:, None])).sum(-1)
-        return method, dim, ranks, torch.zeros_like(ranks), soft
-    ranks, ses, softs = [], [], []
+        return dict(method=method, dim=dim, ranks=ranks, std_err=torch.zeros_like(ranks), soft_ranks=soft)
+    ranks, ses, softs, lows, highs = [], [], [], [], []
     for t in taus.tolist():
         r, se = src.trace(lambda x, t=t: (x > t).double())
         s, _ = src.trace(lambda x, t=t: x.clamp_min(0) / (x.clamp_min(0) + t))
+        low, high = src.count_bracket(t)
         ranks.append(r)
         ses.append(se)
         softs.append(s)
-    return method, dim, torch.tensor(ranks, dtype=torch.float64), torch.tensor(ses, dtype=torch.float64), torch.tensor(softs, dtype=torch.float64)
+        lows.append(low)
+        highs.append(high)
+    f64 = dict(dtype=torch.float64)
+    return dict(method=method, dim=dim, ranks=torch.tensor(ranks, **f64), std_err=torch.tensor(ses, **f64),
+                soft_ranks=torch.tensor(softs, **f64), bracket=(torch.tensor(lows, **f64), torch.tensor(highs, **f64)))
 
 
 def rank_curve(spectrum, thresholds: Sequence[float] | Tensor | None = None, *, num: int = 60) -> RankCurve:
@@ -143,8 +159,7 @@ def rank_curve(spectrum, thresholds: Sequence[float] | Tensor | None = None, *, 
         if not bool((taus > 0).all()) or not bool(torch.isfinite(taus).all()):
             raise ValueError("thresholds must be finite and > 0 (τ = 0 counts round-off as rank)")
         taus = taus.sort().values
-    method, dim, ranks, se, soft = _curve(spectrum, taus)
-    return RankCurve(taus, ranks, se, soft, dim, method)
+    return RankCurve(thresholds=taus, **_curve(spectrum, taus))
 
 
 def threshold_for_sample_size(n, *, localization: float = 1.0, nbeta=None) -> Tensor:
@@ -196,5 +211,5 @@ def rank_curve_vs_n(spectrum, num_samples, *, localization: float = 1.0, nbeta=N
     n_t = n_t[order]
     nb = n_t / torch.log(n_t) if nbeta is None else torch.as_tensor(nbeta, dtype=torch.float64).reshape(-1)[order]
     taus = threshold_for_sample_size(n_t, localization=localization, nbeta=nb)
-    method, dim, ranks, se, soft = _curve(spectrum, taus)
-    return RankCurve(taus, ranks, se, soft, dim, method, num_samples=n_t, localization=float(localization), nbeta=nb)
+    return RankCurve(thresholds=taus, **_curve(spectrum, taus), num_samples=n_t, localization=float(localization),
+                     nbeta=nb)

@@ -284,8 +284,25 @@ def measure_tokens(train_data, s: StudySettings):
     return train_data.tokens[: s.num_measure]
 
 
+def pending(groups, store: _Store, extend=()) -> list[tuple[int, str]]:
+    """The tasks of ``groups`` still to run, in order: those not stored, and the unconverged LLC and
+    behavioral LLC of the checkpoint steps in ``extend`` (continued from their saved chains)."""
+    def wanted(step, key) -> bool:
+        v = store.get(step, key)
+        return v is None or (step in extend and key in ("llc", "behavioral_llc") and not v["converged"])
+    return [t for g in groups for t in g if wanted(*t)]
+
+
+def continued(before: dict | None, value: dict) -> dict:
+    """The stored value of a measurement; for a continued SGLD run (``before`` stored) the seconds of
+    every segment add up and ``segments`` counts them."""
+    if before is None:
+        return value
+    return dict(value, seconds=value["seconds"] + before["seconds"], segments=before.get("segments", 1) + 1)
+
+
 def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=None, measure_more: bool = True,
-              worker: tuple[int, int] = (0, 1)) -> StudyResult:
+              worker: tuple[int, int] = (0, 1), extend: tuple[int, ...] = ()) -> StudyResult:
     """Train (or resume), choose the checkpoints and measure each one (module docstring).
 
     Args:
@@ -297,6 +314,9 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
         measure_more: False: only what is stored (a report of a study still running or cut short).
         worker: ``(i, k)``: measure only the i-th of k balanced shares of the task groups (one process per
             core; the processes share the store). The training must have finished, or run in one process first.
+        extend: checkpoint steps whose stored LLC and behavioral LLC, where not converged, are continued
+            from their saved chains for another ``s.llc_max_seconds`` (the stored seconds add up; the
+            draws are those of one uninterrupted run).
 
     Returns:
         :class:`StudyResult`.
@@ -326,7 +346,7 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
             groups += [[(step, f"refined/{k}")] for k in _refined_keys(s)]
     index, count = worker
     groups = [g for g in _partition(groups, s, count)[index]] if count > 1 else groups
-    todo = [t for g in groups for t in g if store.get(*t) is None] if measure_more else []
+    todo = pending(groups, store, extend) if measure_more else []
     desc = f"transformer {s.name}" + (f" worker {index + 1}/{count}" if count > 1 else "")
     ticks = iter(progress(range(len(todo)), total=len(todo), desc=desc)) if progress else None
     if ticks is not None:
@@ -361,7 +381,7 @@ def run_study(s: StudySettings, out_dir, *, log=print, progress=None, device=Non
             value = measure.llc(model, tokens, kind="training", selection=key.split("/", 1)[1],
                                 step_size=_step(store, step, "training"),
                                 **{**llc_kw, "max_seconds": s.refine_max_seconds or s.llc_max_seconds})
-        store.put(step, key, value)
+        store.put(step, key, continued(store.get(step, key), value))
         if ticks is not None:
             next(ticks, None)
         if log:
@@ -728,6 +748,10 @@ def _run_workers(args, size: str) -> None:
     """``args.workers`` processes of this module, one share of ``size``'s measurements each (one thread each)."""
     which = ["--quick"] if size == "quick" else ["--sizes", size]
     cmd = [sys.executable, "-m", "experiments.transformer_study", *which, "--out", str(args.out)]
+    if args.llc_seconds is not None:
+        cmd += ["--llc-seconds", str(args.llc_seconds)]
+    if args.extend:
+        cmd += ["--extend", *map(str, args.extend)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(cmd + ["--worker", f"{i}/{args.workers}"], env=env) for i in range(args.workers)]
     codes = [p.wait() for p in procs]
@@ -747,13 +771,23 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="measure in this many processes (one per core), sharing the store; the training "
                              "runs first in this one")
+    parser.add_argument("--llc-seconds", type=float,
+                        help="wall-clock budget of each (full-network) SGLD run instead of the size's default")
+    parser.add_argument("--extend", type=int, nargs="+", default=[], metavar="STEP",
+                        help="continue the unconverged LLC and behavioral LLC of these checkpoints from their "
+                             "saved chains for another --llc-seconds")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # "i/k": one share (set by --workers)
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be ≥ 1, got {args.workers}")
+    if args.llc_seconds is not None and not args.llc_seconds > 0:
+        parser.error(f"--llc-seconds must be a positive number of seconds, got {args.llc_seconds}")
     from tqdm.auto import tqdm
 
     settings = [quick_settings()] if args.quick else [full_settings(s) for s in args.sizes]
+    if args.llc_seconds is not None:  # the weight-refined runs keep their own budget
+        settings = [replace(s, llc_max_seconds=args.llc_seconds,
+                            refine_max_seconds=s.refine_max_seconds or s.llc_max_seconds) for s in settings]
     if any(s.name == "10M" for s in settings) and not torch.cuda.is_available():
         parser.error("the 10M model is for a GPU (no CUDA device here); the CPU study stops at 1M")
     texts = ["# How degenerate is a trained transformer LM? (issue 13)\n"]
@@ -763,7 +797,8 @@ def main(argv=None) -> int:
             run_study(s, args.out / s.name, log=tqdm.write, measure_more=False)  # trains (or resumes)
             _run_workers(args, s.name)
         res = run_study(s, args.out / s.name, progress=lambda it, **kw: tqdm(it, **kw), log=tqdm.write,
-                        measure_more=not args.report_only, worker=worker)
+                        measure_more=not args.report_only and not (args.workers > 1 and not args.worker),
+                        worker=worker, extend=tuple(args.extend))
         if args.worker:
             continue
         fig_dir = args.out / "figures"

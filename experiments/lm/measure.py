@@ -260,7 +260,8 @@ def llc(model: NextTokenLM, tokens: Tensor, *, kind: str = "training", selection
 
     Returns:
         A dict: ``mean``, ``std_err``, ``converged``, ``num_draws``, ``num_burnin``, ``step_size``,
-        ``rhat``, ``ess``, ``warnings``, ``seconds``, ``peak_memory_mb``, ``num_params`` (sampled),
+        ``steps_total`` (per chain, burn-in included), ``rhat``, ``ess``, ``warnings``, ``seconds``,
+        ``peak_memory_mb``, ``num_params`` (sampled),
         ``recalibrated`` (the given ``step_size`` diverged and the estimator chose its own).
     """
     device = next(model.parameters()).device
@@ -291,6 +292,7 @@ def llc(model: NextTokenLM, tokens: Tensor, *, kind: str = "training", selection
     s, dgn = est.settings, est.diagnostics
     return {"mean": float(est.mean), "std_err": float(est.std_err), "converged": bool(est.converged),
             "num_draws": int(s.num_draws), "num_burnin": int(s.num_burnin), "step_size": float(s.step_size),
-            "rhat": float(dgn.rhat), "ess": float(dgn.ess), "num_params": int(s.num_sampled_params),
+            "steps_total": int(s.steps_total), "rhat": float(dgn.rhat), "ess": float(dgn.ess),
+            "num_params": int(s.num_sampled_params),
             "warnings": sorted({str(w.message).split("\n")[0][:300] for w in caught}),
             "recalibrated": recalibrated, "seconds": cost["seconds"], "peak_memory_mb": cost["peak_memory_mb"]}

@@ -20,6 +20,7 @@ from slt_interp.estimators import (  # noqa: E402
     plot_spectrum,
     rank_curve,
     rank_curve_vs_n,
+    stochastic_lanczos_quadrature,
     threshold_for_sample_size,
     training_loss,
 )
@@ -173,6 +174,19 @@ def test_rank_curve_from_slq_matches_dense():
     assert curve.method == "slq"
     for r, se in zip(curve.ranks.tolist(), curve.std_err.tolist()):
         assert abs(r - 60) <= 4 * se + 0.5
+    # the quadrature bracket per τ: the count's own, around the curve's rank; the exact probe count inside
+    low, high = curve.bracket
+    for k, tau in enumerate([1e-3, 0.1, 0.4]):
+        assert (float(low[k]), float(high[k])) == count.quadrature.count_bracket(tau)
+        assert float(low[k]) <= float(curve.ranks[k]) <= float(high[k])
+    from slt_interp.estimators.slq import _rademacher
+
+    gen = torch.Generator().manual_seed(1)
+    z = torch.cat([_rademacher(100, 8, gen), _rademacher(100, 8, gen)], dim=1)  # count_eigenvalues' two blocks
+    exact = float(((U.T @ z) ** 2)[h > 0.1].sum(0).mean())  # the probes' count of the 60 eigenvalues ≥ 0.5
+    assert float(low[1]) - 1e-6 <= exact <= float(high[1]) + 1e-6
+    assert torch.equal(curve.lower_bracket[1], high / 2)
+    assert rank_curve(h, [0.1]).bracket is None  # dense: exact, no bracket
 
 
 def test_plots_draw_what_they_are_given():
@@ -187,4 +201,12 @@ def test_plots_draw_what_they_are_given():
     assert ax2.get_xscale() == "log" and len(ax2.lines) >= 3
     with pytest.raises(ValueError, match="no sample sizes"):
         plot_rank_curve(rank_curve(h), against="n")
+    labels = [t.get_text() for t in ax2.get_legend().get_texts()]
+    assert not any("bracket" in t for t in labels)  # dense: nothing to bracket
+    from slt_interp.estimators import HessianOperator
+
+    op = HessianOperator(lambda w: 0.5 * (torch.linspace(0, 1, 40, dtype=w.dtype) * w ** 2).sum(),
+                         torch.zeros(40, dtype=torch.float64))
+    ax3 = plot_rank_curve(rank_curve(stochastic_lanczos_quadrature(op, num_probes=4, num_steps=5), [0.1, 0.5]))
+    assert any("quadrature bracket" in t.get_text() for t in ax3.get_legend().get_texts())
     plt.close("all")

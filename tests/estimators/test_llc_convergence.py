@@ -97,7 +97,9 @@ def test_adaptive_run_checkpoints_and_resumes(tmp_path):
         first = estimate_potential_llc(pot, 100, checkpoint_path=path, **kw)
         again = estimate_potential_llc(pot, 100, checkpoint_path=path, resume=True, **kw)
     assert torch.equal(first.loss_traces, again.loss_traces) and first.mean == again.mean
-    assert torch.load(path, weights_only=True)["driver"]["burnin_end"] == first.settings.num_burnin
+    # the budget ran out in burn-in: the checkpoint is still in burn-in, so a larger budget continues it
+    driver = torch.load(path, weights_only=True)["driver"]
+    assert driver["phase"] == "burnin" and driver["burnin_end"] == -1 and first.settings.num_burnin == 250
 
 
 def test_calibration_grid_follows_the_curvature_of_a_stiff_model():
@@ -142,3 +144,38 @@ def test_calibrated_step_with_low_acceptance_in_the_run_is_cut(monkeypatch):
     monkeypatch.undo()
     fixed = estimate_llc(model, mse, (x, y), step_size=0.0058, **kw)
     assert not fixed.step_size_backoffs and fixed.diagnostics.mala_acceptance < 0.85
+
+
+def test_run_stopped_on_its_wall_clock_budget_continues_with_a_larger_one(tmp_path):
+    pot = zoo.POTENTIALS["½(w1² + w2⁴)"]()
+    path = tmp_path / "budget.pt"
+    kw = dict(seed=1, step_size=5e-3, max_steps=500, checkpoint_every=50)
+    with pytest.warns(LLCConvergenceWarning):
+        whole = estimate_potential_llc(pot, 100, **kw)
+        cut = estimate_potential_llc(pot, 100, checkpoint_path=path, max_seconds=1e-9, **kw)  # stops after 50 steps
+        assert cut.loss_traces.shape[1] < whole.loss_traces.shape[1]
+        more = estimate_potential_llc(pot, 100, checkpoint_path=path, resume=True, **kw)
+    assert torch.equal(more.loss_traces, whole.loss_traces) and more.mean == whole.mean
+
+
+def test_budget_too_short_for_any_draw_is_a_clear_error(tmp_path):
+    pot = zoo.POTENTIALS["½(w1² + w2⁴)"]()
+    with pytest.raises(ValueError, match=r"max_seconds = 1e-09\) ran out after 10 burn-in steps.*resume=True"):
+        estimate_potential_llc(pot, 100, seed=1, step_size=5e-3, max_seconds=1e-9, checkpoint_every=10,
+                               checkpoint_path=tmp_path / "short.pt")
+
+
+def test_checkpoint_with_max_seconds_in_its_fingerprint_still_resumes(tmp_path):
+    """Checkpoints written while the wall-clock budget was part of the fingerprint stay resumable."""
+    pot = zoo.POTENTIALS["½(w1² + w2⁴)"]()
+    path = tmp_path / "old.pt"
+    kw = dict(seed=1, step_size=5e-3, max_steps=500, checkpoint_every=50)
+    with pytest.warns(LLCConvergenceWarning):
+        whole = estimate_potential_llc(pot, 100, **kw)
+        estimate_potential_llc(pot, 100, checkpoint_path=path, max_seconds=1e-9, **kw)
+    state = torch.load(path, weights_only=True)
+    state["fingerprint"]["setting.targets"].append("max_seconds=420.0")
+    torch.save(state, path)
+    with pytest.warns(LLCConvergenceWarning):
+        more = estimate_potential_llc(pot, 100, checkpoint_path=path, resume=True, **kw)
+    assert torch.equal(more.loss_traces, whole.loss_traces)
