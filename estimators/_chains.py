@@ -20,7 +20,7 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -272,6 +272,10 @@ class _ChainLoop:
 
         kernel_cls = SAMPLERS[sampler]
         self.kernel = kernel_cls(value_and_grad, w0, eps, nbeta, localization, problem.mask, noise_scale)
+        # RMSProp: from step ``hold_from`` on, V is held fixed (the kernel with adapt=False; set by the
+        # driver, :mod:`._adaptive`); None: V adapts at every step
+        self.hold_from: int | None = None
+        self._held = replace(self.kernel, adapt=False) if isinstance(self.kernel, RMSPropSGLDKernel) else self.kernel
         with torch.no_grad():
             self.baseline = float(problem.full_loss(w0).double()) if not problem.vectorised else float(
                 problem.full_loss(w0[None])[0].double())
@@ -366,7 +370,8 @@ class _ChainLoop:
                 row.normal_(generator=gc)
             uniform = torch.stack([torch.rand((), generator=gc, device=self.dev, dtype=self.dtype)
                                    for gc in self.gens]) if self.mala else None
-            new, info = self.kernel.step(self.state, batch, noise, uniform, monitor)
+            kernel = self.kernel if self.hold_from is None or t < self.hold_from else self._held
+            new, info = kernel.step(self.state, batch, noise, uniform, monitor)
             loss = info.loss.double().cpu()
             excursion = self.nbeta * (loss - self.baseline)
             bad = ~info.finite.cpu() | (excursion > self.divergence_threshold)

@@ -137,6 +137,8 @@ class RunSettings:
         items["num_draws_fixed"] = self.num_draws is not None
         items["targets"] = [f"{k}={v}" for k, v in asdict(self.targets).items() if k != "max_seconds"] if (
             self.adaptive_draws or self.adaptive_burnin) else None
+        if self.sampler == "rmsprop":  # checkpoints of the earlier, always-adapting RMSProp do not resume
+            items["preconditioner"] = "held after the first part of the burn-in"
         return items
 
 

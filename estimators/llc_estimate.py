@@ -118,6 +118,8 @@ class SGLDSettings:
         steps_total: all steps per chain, back-offs included.
         requested: the frozen ``RunSettings`` (validated before the run) the run was made from.
         num_processes: the ``torch.distributed`` processes the chains were spread over (1: one process).
+        preconditioner_held_from: ``sampler="rmsprop"``: the step from which V was held fixed
+            (:mod:`slt_interp.estimators._adaptive`); -1 for the other samplers.
     """
 
     num_chains: int
@@ -144,6 +146,7 @@ class SGLDSettings:
     steps_total: int = 0
     requested: RunSettings | None = field(default=None, repr=False)
     num_processes: int = 1
+    preconditioner_held_from: int = -1
 
 
 @dataclass(frozen=True)
@@ -334,6 +337,7 @@ def _summarise(run: _Run, problem: _Problem, cfg: RunSettings, *, num_burnin, st
         adaptive_burnin=cfg.adaptive_burnin, adaptive_draws=cfg.adaptive_draws,
         targets=cfg.targets, initial_step_size=float(backoffs[0][1] if backoffs else step_size),
         steps_total=record.steps_total if record is not None else losses.shape[1], requested=cfg,
+        preconditioner_held_from=record.hold_from if record is not None else -1,
     )
     diag = LLCDiagnostics(
         rhat=rhat, ess=float(ess.sum()), ess_per_chain=tuple(float(e) for e in ess),
@@ -436,7 +440,7 @@ def _estimate_in(problem: _Problem, cfg: RunSettings, *, checkpoint_path, resume
                      num_draws=cfg.num_draws, targets=cfg.targets, backoff=calibration is not None, checkpoint_path=ckpt,
                      checkpoint_every=cfg.checkpoint_every, fingerprint=fp, resume=resume, on_divergence=on_divergence,
                      check_acceptance=calibration is not None and cfg.sampler != "mala" and cfg.mala_every > 0,
-                     **spread)
+                     hold_preconditioner=cfg.sampler == "rmsprop", **spread)
     est = _summarise(run, problem, cfg, num_burnin=rec.burnin_end, step_size=rec.step_size, loss_name=loss_name,
                      calibration=calibration, prior_warnings=prior_warnings, record=rec)
     if group is not None:
@@ -547,13 +551,22 @@ def estimate_llc(
             only ``num_draws`` and ``max_seconds`` may change. The result is bit-identical to an
             uninterrupted run; a run that stopped on ``max_seconds`` continues, with a larger or no
             wall-clock budget, as if it had never stopped. A missing file warns and starts afresh.
-        sampler: "sgld" (default: minibatch Langevin, never rejects, O(ε) bias), "mala"
-            (Metropolis-adjusted Langevin on the full batch: exact stationary law for every ε; the
-            acceptance rate is ``diagnostics.mala_acceptance``; ``batch_size`` must be None or n) or
-            "rmsprop" (RMSProp-preconditioned SGLD, Li, Chen, Carlson, Carin 2016: per-coordinate
-            steps ε·G̃ with G̃ ∝ 1/√(running mean of g²), normalised to mean 1; its diagnostic is the
-            Metropolis-adjusted acceptance of the preconditioned proposal). SGLD stays the default
-            until the accuracy benchmark (issue 10) has been run to compare them.
+        sampler: "sgld" (default: minibatch Langevin, never rejects, O(ε) bias), "rmsprop"
+            (RMSProp-preconditioned SGLD, Li, Chen, Carlson, Carin 2016: per-coordinate steps ε·G̃
+            with G̃ ∝ 1/√(running mean of g²), normalised to mean 1 and clipped to [1/10, 10],
+            adapted over the first part of the burn-in and then held fixed, so that the dropped Γ
+            term is zero over the draws; its diagnostic is the Metropolis-adjusted acceptance of the
+            preconditioned proposal) or "mala" (Metropolis-adjusted Langevin on the full batch: exact
+            stationary law for every ε; the acceptance rate is ``diagnostics.mala_acceptance``;
+            ``batch_size`` must be None or n). Why SGLD is still the default (measured 2026-12-07):
+            RMSProp won the deep-linear-network benchmark (results/llc_accuracy.md: closer to
+            Aoyagi's λ than SGLD on all 8 networks both ran, within 10% on 6 of 8 against 3 of 8,
+            every run of both unconverged at the 20 000-step budget) and matched it on the zoo
+            (results/llc_defaults_rmsprop.md: 90 of 100 within 3 SE + 5%, SGLD 88, at the same cost),
+            but SGLD converged more often there (44 against 33 of 100), and on the smallest transformer
+            LM (tests/experiments/test_lm_problem.py, γ = 100) the RMSProp default stopped unconverged
+            at 4.90 ± 0.40, with the chains spread to the localization's width, where SGLD converges
+            to 4.98 ± 0.14 in under a minute.
         num_threads: torch intra-op threads for the run (None: one thread on CPU when a step's
             batched gradient is small, chains × batch × parameters < 2²⁸, else torch's setting); the
             caller's setting is restored afterwards, also on an exception.
@@ -687,7 +700,7 @@ def estimate_potential_llc(
     dtype: torch.dtype = torch.float64,
     mala_every: int = 5,
     noise_scale: float = 1.0,
-    sampler: Literal["sgld", "mala"] = "sgld",
+    sampler: Literal["sgld", "mala", "rmsprop"] = "sgld",
     **kwargs,
 ) -> LLCEstimate:
     """SGLD estimate for a potential K (the population loss, K(0) = 0 at w* = 0) at "sample size" n.

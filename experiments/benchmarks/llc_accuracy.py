@@ -12,7 +12,9 @@ target is not the local one.
 Methods, each on every network, in one run and on one machine:
 - ``default``: ours with all defaults (``estimate_llc(model, loss_fn, (x, y), seed=s)``: no step size,
   draws or burn-in set by hand; the default sampler is SGLD);
-- ``rmsprop``, ``mala``: ours with that ``sampler=`` and otherwise default settings;
+- ``rmsprop``, ``mala``: ours with that ``sampler=`` and otherwise default settings (rows of the
+  earlier RMSProp, whose preconditioner adapted at every step, are kept as ``rmsprop-adapting``, and
+  of the one whose preconditioner was held but not clipped as ``rmsprop-unclipped``);
 - ``devinterp-grid``: devinterp 2.x's own chain loop (``experiments.devinterp_side``) with its ``sample``
   defaults (4 chains, 200 draws, batch 32, no burn-in, localization 0) and nβ = n/log n (ours); it has
   no step size that suits nβ = n/log n, so it gets the best of a grid of 5, chosen with the exact λ (an
@@ -53,6 +55,10 @@ from experiments.benchmarks._rows import append_row, stored_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("default", "devinterp-grid", "rmsprop", "devinterp-defaults", "mala")
+# rows of methods that no longer run, kept in the table under their own label: RMSProp before its
+# preconditioner was held fixed after the first part of the burn-in (estimators/_adaptive.py), and held
+# but before G̃ was clipped to [1/κ, κ] (estimators/samplers.py)
+RETIRED = ("rmsprop-adapting", "rmsprop-unclipped")
 DEVINTERP_GRID = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4)
 
 
@@ -79,6 +85,8 @@ LABELS = {
     "default": "ours (default: SGLD, adaptive)",
     "rmsprop": "ours (sampler='rmsprop')",
     "mala": "ours (sampler='mala')",
+    "rmsprop-adapting": "ours (sampler='rmsprop' with V adapting at every step; superseded)",
+    "rmsprop-unclipped": "ours (sampler='rmsprop', V held but G̃ not clipped; superseded)",
     "devinterp-grid": "devinterp (best step of a 5-point grid, oracle)",
     "devinterp-defaults": "devinterp (its defaults)",
 }
@@ -182,7 +190,7 @@ def _pct(x: float) -> str:
 def summarise(rows: list[dict]) -> list[str]:
     lines = ["| method | networks | median rel. error | within 10% of λ | mean abs. error (finite) | diverged / failed "
              f"(NaN or off by > {RUNAWAY:g}·λ) | median s / estimate |", "|---|---|---|---|---|---|---|"]
-    for m in [m for m in METHODS if any(r["method"] == m for r in rows)]:
+    for m in [m for m in METHODS + RETIRED if any(r["method"] == m for r in rows)]:
         sel = [r for r in rows if r["method"] == m]
         errs = [_rel_error(r) for r in sel]
         finite = [e for e in errs if math.isfinite(e)]
@@ -204,7 +212,23 @@ def paired(rows: list[dict], a: str = "default", b: str = "devinterp-grid") -> l
     wins = sum(_rel_error(by[i, a]) < _rel_error(by[i, b]) for i in both)
     cost = statistics.median(by[i, b]["seconds"] / by[i, a]["seconds"] for i in both)
     return [f"On the {len(both)} networks where both ran, {LABELS[a]} is closer to λ than {LABELS[b]} on "
-            f"{wins} ({wins / len(both):.0%}); the median cost ratio (their seconds ÷ ours) is {cost:.2f}."]
+            f"{wins} ({wins / len(both):.0%}); the median cost ratio (the second's seconds ÷ the first's) is "
+            f"{cost:.2f}."]
+
+
+def agreement(rows: list[dict], a: str, b: str) -> list[str]:
+    """How far two methods' estimates are from each other (not from λ), on the networks both finished:
+    two correct samplers of the same posterior agree within their standard errors whatever λ is."""
+    by = {(r["index"], r["method"]): r for r in rows}
+    both = sorted(i for (i, m) in by if m == a and (i, b) in by
+                  and math.isfinite(by[i, a].get("mean", math.nan)) and math.isfinite(by[i, b].get("mean", math.nan)))
+    if not both:
+        return []
+    diff = [(by[i, a]["mean"] - by[i, b]["mean"]) / by[i, b]["mean"] for i in both]
+    z = [(by[i, a]["mean"] - by[i, b]["mean"]) / math.hypot(by[i, a]["std_err"], by[i, b]["std_err"]) for i in both]
+    return [f"{LABELS[a]} against {LABELS[b]} on the {len(both)} networks both ran: median (λ̂_a − λ̂_b)/λ̂_b = "
+            f"{statistics.median(diff):+.1%} (range {min(diff):+.1%} to {max(diff):+.1%}), median |z| = "
+            f"{statistics.median(abs(v) for v in z):.1f} (z = difference ÷ the two standard errors combined)."]
 
 
 def figure(rows: list[dict], path: Path) -> None:
@@ -216,7 +240,7 @@ def figure(rows: list[dict], path: Path) -> None:
     from matplotlib.ticker import NullFormatter, PercentFormatter
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    for m, marker in zip(METHODS, "os^vD"):
+    for m, marker in zip(METHODS + RETIRED, "os^vDx+"):
         sel = [r for r in rows if r["method"] == m]
         if not sel:
             continue
@@ -246,7 +270,11 @@ def write_report(rows: list[dict], args, note: str, stopped: str) -> str:
         f"{len(nets)} networks with at least one method done (of {args.num_networks} drawn), {args.min_params}–"
         f"{args.max_params} parameters, n = {args.num_samples} noise-free samples, w* at the most singular true "
         "parameter, λ from Aoyagi 2024. Protocol: module docstring. " + stopped, "",
-        *summarise(rows), "", *paired(rows), "",
+        *summarise(rows), "", *paired(rows), *paired(rows, "rmsprop", "devinterp-grid"),
+        *paired(rows, "rmsprop", "default"), *paired(rows, "rmsprop", "rmsprop-adapting"),
+        *paired(rows, "rmsprop", "rmsprop-unclipped"), "",
+        *agreement(rows, "rmsprop", "default"), *agreement(rows, "rmsprop-adapting", "rmsprop"),
+        *agreement(rows, "rmsprop-unclipped", "rmsprop"), "",
         "Goal (issue 10): our default ≥ 90% of networks within 10% of λ and median error ≤ 5%, at lower cost "
         "than devinterp.", "",
         "![relative error against size](llc_accuracy.png)", "",
@@ -268,6 +296,8 @@ def main(argv=None) -> str:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
                     help="methods in the order they run, each over all networks")
+    ap.add_argument("--networks", type=int, nargs="*", default=None,
+                    help="run only these network indices (of the --num-networks drawn; default all)")
     ap.add_argument("--max-hours", type=float, default=None, help="stop (resumably) after this much wall-clock time")
     ap.add_argument("--report-only", action="store_true", help="write the report from the stored rows")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -285,7 +315,8 @@ def main(argv=None) -> str:
     first, rest = args.methods[:2], args.methods[2:]
     order = [(m, i) for i in range(args.num_networks) for m in first] + [
         (m, i) for m in rest for i in range(args.num_networks)]
-    todo = [] if args.report_only else [(m, i) for m, i in order if (i, m) not in done]
+    todo = [] if args.report_only else [(m, i) for m, i in order if (i, m) not in done
+                                        and (args.networks is None or i in args.networks)]
     for k, (m, i) in enumerate(todo):
         if args.max_hours is not None and time.perf_counter() - t_start > 3600 * args.max_hours:
             stopped = (f"The run stopped at its --max-hours {args.max_hours} budget with {len(todo) - k} "

@@ -49,7 +49,8 @@ def test_calibrated_step_that_diverges_backs_off(monkeypatch):
                                     (), 8)
     monkeypatch.setattr(llc_estimate, "_calibrate", lambda *a, **k: too_large)
     with pytest.warns(LLCConvergenceWarning, match="diverged at step .* restarted from the last healthy state"):
-        est = estimate_llc(model, mse, (x, y), num_chains=2, num_draws=200, num_burnin=50, seed=0, batch_size=200)
+        est = estimate_llc(model, mse, (x, y), num_chains=2, num_draws=200, num_burnin=50, seed=0, batch_size=200,
+                           sampler="sgld")  # the step sizes of this test are SGLD's
     assert est.step_size_backoffs and est.step_size_backoffs[0][1] == 0.05
     assert est.settings.step_size == pytest.approx(0.05 / math.sqrt(10) ** len(est.step_size_backoffs))
     assert est.settings.initial_step_size == 0.05
@@ -125,7 +126,7 @@ def test_calibrated_step_with_low_acceptance_in_the_run_is_cut(monkeypatch):
     model, x, y = linear_problem("cpu")
     loose = StepSizeCalibration(0.0058, "test: stable but coarse", (0.0058,), (1.0,), (False,), 0.0, (), 8)
     monkeypatch.setattr(llc_estimate, "_calibrate", lambda *a, **k: loose)
-    kw = dict(num_chains=2, num_draws=400, num_burnin=100, seed=0, batch_size=200)
+    kw = dict(num_chains=2, num_draws=400, num_burnin=100, seed=0, batch_size=200, sampler="sgld")  # SGLD's steps
     est = estimate_llc(model, mse, (x, y), **kw)
     cuts = [b for b in est.step_size_backoffs if b[3].startswith("MALA acceptance")]
     assert len(cuts) == 1 and cuts[0][1] == 0.0058 and est.settings.initial_step_size == 0.0058
@@ -179,3 +180,10 @@ def test_checkpoint_with_max_seconds_in_its_fingerprint_still_resumes(tmp_path):
     with pytest.warns(LLCConvergenceWarning):
         more = estimate_potential_llc(pot, 100, checkpoint_path=path, resume=True, **kw)
     assert torch.equal(more.loss_traces, whole.loss_traces)
+
+
+def test_fixed_lengths_are_run_in_full_past_max_steps():
+    # max_steps is the budget of an adaptive run: explicit num_burnin and num_draws are what was asked for
+    pot = zoo.POTENTIALS["½w1²"]()
+    est = estimate_potential_llc(pot, 100, num_burnin=60, num_draws=80, step_size=1e-2, max_steps=50, seed=0)
+    assert est.settings.num_burnin == 60 and est.settings.num_draws == 80 and est.loss_traces.shape[1] == 80

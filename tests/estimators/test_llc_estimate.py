@@ -42,14 +42,14 @@ def test_quadratic_matches_exact_ula_target_full_and_weight_refined(device):
     nbeta, gamma, eps = n / math.log(n), 1.0, 5e-3
     H = 2 * (x.T @ x / n).cpu()  # Hessian of the mean squared error
     est = estimate_llc(model, _mse, (x, y), num_chains=4, num_draws=1200, num_burnin=100, step_size=eps,
-                       localization=gamma, batch_size=n, seed=1, mala_every=0)
+                       localization=gamma, batch_size=n, seed=1, mala_every=0, sampler="sgld")  # ULA's target
     assert isinstance(est, LLCEstimate) and est.settings.nbeta == pytest.approx(nbeta)
     assert est.baseline_loss == pytest.approx(0.0, abs=1e-20)
     _within(est, _ula_target(H, nbeta, gamma, eps))
     # weight refinement: only coordinate 1 moves; the others stay at w* exactly
     mask = {"weight": torch.tensor([[False, True, False]])}
     ref = estimate_llc(model, _mse, (x, y), num_chains=4, num_draws=1200, num_burnin=100, step_size=4 * eps,
-                       localization=gamma, batch_size=n, seed=1, params=mask, mala_every=0)
+                       localization=gamma, batch_size=n, seed=1, params=mask, mala_every=0, sampler="sgld")
     assert ref.settings.num_sampled_params == 1
     _within(ref, _ula_target(H[1:2, 1:2], nbeta, gamma, 4 * eps))
     assert ref.mean < est.mean

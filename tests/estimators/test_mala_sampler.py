@@ -32,7 +32,7 @@ def test_mala_exact_at_large_step_where_sgld_is_biased_quadratic(device):
     assert ula > 2 * exact  # the step size is large: ε·h_U,max ≈ 3.4 of the stability limit 4
     kw = dict(num_chains=4, num_draws=600, num_burnin=100, step_size=eps, localization=gamma, seed=1)
     mala = estimate_llc(model, _mse, (x, y), sampler="mala", **kw)
-    sgld = estimate_llc(model, _mse, (x, y), batch_size=n, mala_every=5, **kw)
+    sgld = estimate_llc(model, _mse, (x, y), batch_size=n, mala_every=5, sampler="sgld", **kw)
     assert mala.settings.sampler == "mala" and mala.settings.batch_size == n
     assert abs(_z(mala, exact)) <= 3
     assert abs(_z(sgld, ula)) <= 3 and _z(sgld, exact) > 6  # SGLD: measurably biased, by the ULA amount
