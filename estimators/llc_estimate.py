@@ -565,8 +565,7 @@ def estimate_llc(
             (results/llc_defaults_rmsprop.md: 90 of 100 within 3 SE + 5%, SGLD 88, at the same cost),
             but SGLD converged more often there (44 against 33 of 100), and on the smallest transformer
             LM (tests/experiments/test_lm_problem.py, γ = 100) the RMSProp default stopped unconverged
-            at 4.90 ± 0.40, with the chains spread to the localization's width, where SGLD converges
-            to 4.98 ± 0.14 in under a minute.
+            at 4.90 ± 0.40, where SGLD converges to 4.98 ± 0.14 in under a minute.
         num_threads: torch intra-op threads for the run (None: one thread on CPU when a step's
             batched gradient is small, chains × batch × parameters < 2²⁸, else torch's setting); the
             caller's setting is restored afterwards, also on an exception.
