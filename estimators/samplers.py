@@ -67,12 +67,15 @@ class SamplerState(NamedTuple):
         loss: the batch loss at ``w`` when the kernel carries it (MALA: full batch), else None.
         grad: its gradient, (C, d), or None.
         precond: the RMSProp running mean of squared gradients, (C, d), or None.
+        scale: RMSProp with V held: the preconditioner G̃ computed from it, (C, d), kept so that it
+            is not recomputed at every step (derived from ``precond``; not checkpointed), or None.
     """
 
     w: Tensor
     loss: Tensor | None = None
     grad: Tensor | None = None
     precond: Tensor | None = None
+    scale: Tensor | None = None
 
 
 class StepInfo(NamedTuple):
@@ -291,7 +294,7 @@ class RMSPropSGLDKernel(SGLDKernel):
             v = g * g
         elif self.adapt:
             v = self.decay * v + (1 - self.decay) * g * g
-        G = self._precondition(v)
+        G = state.scale if not self.adapt and state.scale is not None else self._precondition(v)
         eps = torch.as_tensor(self.step_size, dtype=w.dtype, device=w.device)
         eps = eps.reshape(-1, 1) if eps.dim() == 1 else eps
         xi = noise if self.noise_scale == 1.0 else noise * self.noise_scale
@@ -314,4 +317,5 @@ class RMSPropSGLDKernel(SGLDKernel):
             log_alpha = u - u2 + log_q(w, w_new, self._grad_u(w_new, g2)) - log_q(w_new, w, self._grad_u(w, g))
             alpha = torch.exp(torch.clamp(log_alpha, max=0.0))
             alpha = torch.where(torch.isfinite(alpha), alpha, torch.zeros_like(alpha))
-        return SamplerState(w_new.detach(), precond=v.detach()), StepInfo(loss, finite, alpha)
+        held = None if self.adapt else G.detach()  # V no longer changes: neither does G̃
+        return SamplerState(w_new.detach(), precond=v.detach(), scale=held), StepInfo(loss, finite, alpha)

@@ -122,3 +122,18 @@ def test_preconditioner_is_clipped_to_its_ratio_bound():
     torch.testing.assert_close(G.mean(-1), torch.ones(2, dtype=torch.float64))
     assert float(G[0].max() / G[0].min()) <= 100.0 + 1e-9
     torch.testing.assert_close(G[1], torch.ones(4, dtype=torch.float64))
+
+
+def test_held_kernel_reuses_its_preconditioner_and_steps_as_if_recomputed():
+    g = torch.Generator().manual_seed(1)
+    w = W_STAR + 0.3 * torch.randn(2, 3, generator=g, dtype=torch.float64)
+    v = torch.rand(2, 3, generator=g, dtype=torch.float64)
+    xi = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    held = RMSPropSGLDKernel(_vg, W_STAR, EPS, NBETA, GAMMA, adapt=False)
+    first, _ = held.step(SamplerState(w, precond=v), (), xi)
+    assert torch.equal(first.precond, v) and torch.equal(first.scale, held._precondition(v))
+    cached, _ = held.step(first, (), xi)                                   # G̃ taken from the state
+    fresh, _ = held.step(SamplerState(first.w, precond=first.precond), (), xi)  # G̃ recomputed (a resume)
+    assert torch.equal(cached.w, fresh.w)
+    adapting, _ = RMSPropSGLDKernel(_vg, W_STAR, EPS, NBETA, GAMMA).step(SamplerState(w, precond=v), (), xi)
+    assert adapting.scale is None  # an adapting V changes G̃ at every step: nothing to keep
