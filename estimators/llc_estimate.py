@@ -558,14 +558,18 @@ def estimate_llc(
             term is zero over the draws; its diagnostic is the Metropolis-adjusted acceptance of the
             preconditioned proposal) or "mala" (Metropolis-adjusted Langevin on the full batch: exact
             stationary law for every ε; the acceptance rate is ``diagnostics.mala_acceptance``;
-            ``batch_size`` must be None or n). Why SGLD is still the default (measured 2026-12-07):
+            ``batch_size`` must be None or n). Why SGLD is still the default (measured 2026-12-07/08):
             RMSProp won the deep-linear-network benchmark (results/llc_accuracy.md: closer to
-            Aoyagi's λ than SGLD on all 8 networks both ran, within 10% on 6 of 8 against 3 of 8,
-            every run of both unconverged at the 20 000-step budget) and matched it on the zoo
+            Aoyagi's λ than SGLD on 16 of the 18 networks both ran, within 10% on 13 of 18 against
+            6 of 18, every run of both unconverged at the 20 000-step budget) and matched it on the zoo
             (results/llc_defaults_rmsprop.md: 90 of 100 within 3 SE + 5%, SGLD 88, at the same cost),
             but SGLD converged more often there (44 against 33 of 100), and on the smallest transformer
             LM (tests/experiments/test_lm_problem.py, γ = 100) the RMSProp default stopped unconverged
-            at 4.90 ± 0.40, where SGLD converges to 4.98 ± 0.14 in under a minute.
+            at 4.90 ± 0.40, where SGLD converges to 4.98 ± 0.14 in under a minute. A tighter clip,
+            [1/3, 3] (measured 2026-12-08), converged on that LM (4.68 ± 0.13, 155 s) but lost the
+            benchmark's gain: within 10% on 3 of the 8 networks (median |error| 11.9%, further from λ
+            than [1/10, 10] on 6 of 8), and 90 of 100 on the zoo with 36 converged
+            (results/llc_defaults_rmsprop_k3.md); so the clip stays [1/10, 10] and SGLD the default.
         num_threads: torch intra-op threads for the run (None: one thread on CPU when a step's
             batched gradient is small, chains × batch × parameters < 2²⁸, else torch's setting); the
             caller's setting is restored afterwards, also on an exception.

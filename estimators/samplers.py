@@ -29,7 +29,9 @@ U(w) = nβ·L_n(w) + (γ/2)·‖w − w*‖².
   noise-free data the gradient vanishes in the flat directions, V there stays ~1e-13 while it is ~1e-3
   in the stiff ones, and the unclipped G̃ spanned 1.6e-4 to 16 — the stiff coordinates all but stopped
   and λ̂ came out −62% to −84% of λ on the zoo's dln(4,3,2,3) rank 1 at n = 20 000 (SGLD: −18% to
-  −24%); clipped at κ = 10, −28% on the seed that gave −82% (κ = 3: −25%). Its diagnostic is the Metropolis-adjusted acceptance of this
+  −24%); clipped at κ = 10, −28% on the seed that gave −82% (κ = 3: −25%). κ = 3 was tried as the default
+  and not kept: on 8 random deep linear networks it was within 10% of λ on 3 against 6 for κ = 10
+  (experiments/benchmarks/results/llc_accuracy.md). Its diagnostic is the Metropolis-adjusted acceptance of this
   proposal with G̃ held fixed, q(w'|w) = N(w − (ε/2)G̃∇U(w), ε·diag G̃).
 """
 from __future__ import annotations
