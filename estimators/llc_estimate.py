@@ -560,8 +560,8 @@ def estimate_llc(
             stationary law for every ε; the acceptance rate is ``diagnostics.mala_acceptance``;
             ``batch_size`` must be None or n). Why SGLD is still the default (measured 2026-12-07/08):
             RMSProp won the deep-linear-network benchmark (results/llc_accuracy.md: closer to
-            Aoyagi's λ than SGLD on 16 of the 18 networks both ran, within 10% on 13 of 18 against
-            6 of 18, every run of both unconverged at the 20 000-step budget) and matched it on the zoo
+            Aoyagi's λ than SGLD on 17 of the 20 networks both ran, within 10% on 15 of 20 against
+            7 of 20, every run of both unconverged at the 20 000-step budget) and matched it on the zoo
             (results/llc_defaults_rmsprop.md: 90 of 100 within 3 SE + 5%, SGLD 88, at the same cost),
             but SGLD converged more often there (44 against 33 of 100), and on the smallest transformer
             LM (tests/experiments/test_lm_problem.py, γ = 100) the RMSProp default stopped unconverged
