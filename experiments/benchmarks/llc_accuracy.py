@@ -233,7 +233,9 @@ def agreement(rows: list[dict], a: str, b: str) -> list[str]:
             f"{statistics.median(abs(v) for v in z):.1f} (z = difference ÷ the two standard errors combined)."]
 
 
-def figure(rows: list[dict], path: Path) -> None:
+def figure(rows: list[dict], path: Path) -> tuple[float, float]:
+    """Relative error against d per method, saved to ``path``; returns the y limits (in %): they span the
+    finite errors, and failed or runaway estimates are drawn on the top edge."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,6 +275,7 @@ def figure(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return lo, hi
 
 
 def write_report(rows: list[dict], args, note: str, stopped: str) -> str:

@@ -37,3 +37,13 @@ def test_run_resume_and_report(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "run_method", must_not_run)
     again = bench.main(args + ["--resume"])
     assert again.count("| 2 |") == 2  # both methods still report both networks
+
+
+def test_figure_axis_spans_finite_errors_with_runaways_on_the_edge(tmp_path):
+    row = {"params": 2000, "llc": 100.0}
+    rows = [{**row, "index": 0, "method": "default", "mean": 80.0},
+            {**row, "index": 0, "method": "devinterp-defaults", "mean": 1e36},  # ran away
+            {**row, "index": 1, "method": "rmsprop", "mean": 130.0}]
+    lo, hi = bench.figure(rows, tmp_path / "f.png")
+    assert -40 < lo < -20 and 30 < hi < 50  # −20% and +30% with margins, not stretched to 1e36 %
+    assert (tmp_path / "f.png").stat().st_size > 0
