@@ -24,7 +24,7 @@ U(w) = nβ·L_n(w) + (γ/2)·‖w − w*‖².
   w' = w − (ε/2)·G̃⊙∇U_B(w) + √(ε·G̃)⊙ξ. The Γ correction term of Li et al. (the divergence of G
   as a function of w) is dropped, as in their experiments; it is zero once V is held fixed
   (``adapt=False``), and the estimator holds it fixed after the first part of the burn-in
-  (:mod:`slt_interp.estimators._adaptive`), so that the draws come from the exact target. G̃ is
+  (:mod:`slt_interp.estimators._adaptive`), so that the draws target p with only SGLD's O(ε) step bias. G̃ is
   clipped to [1/κ, κ] (κ = ``max_ratio`` = 10) and normalised again: at a degenerate w* with
   noise-free data the gradient vanishes in the flat directions, V there stays ~1e-13 while it is ~1e-3
   in the stiff ones, and the unclipped G̃ spanned 1.6e-4 to 16 — the stiff coordinates all but stopped
@@ -243,7 +243,7 @@ class RMSPropSGLDKernel(SGLDKernel):
         decay: α of the running mean of squared gradients (0.99 as in Li et al.).
         damping: λ added to √V (keeps G finite where the gradient vanishes).
         adapt: update V at each step (True) or hold it fixed (False: a fixed diagonal
-            preconditioner, under which the dropped Γ term is zero and the chain targets p exactly).
+            preconditioner, under which the dropped Γ term is zero and the chain targets p up to the O(ε) step bias).
         max_ratio: κ; G̃ is clipped to [1/κ, κ] (then normalised to mean 1 again), so no coordinate
             moves more than ~κ² times slower than another (module docstring).
     """

@@ -14,7 +14,8 @@ Methods, each on every network, in one run and on one machine:
   draws or burn-in set by hand; the default sampler is SGLD);
 - ``rmsprop``, ``mala``: ours with that ``sampler=`` and otherwise default settings (rows of the
   earlier RMSProp, whose preconditioner adapted at every step, are kept as ``rmsprop-adapting``, and
-  of the one whose preconditioner was held but not clipped as ``rmsprop-unclipped``);
+  of the one whose preconditioner was held but not clipped as ``rmsprop-unclipped``, and of the variant
+  clipped to [1/3, 3] instead of [1/10, 10] as ``rmsprop-k3``);
 - ``devinterp-grid``: devinterp 2.x's own chain loop (``experiments.devinterp_side``) with its ``sample``
   defaults (4 chains, 200 draws, batch 32, no burn-in, localization 0) and nβ = n/log n (ours); it has
   no step size that suits nβ = n/log n, so it gets the best of a grid of 5, chosen with the exact λ (an
